@@ -1,0 +1,48 @@
+# Two commands for a fresh machine: `make study` (the main job) and `make test`.
+# Both create .venv when it is missing and install the package with its dev extras.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.sdaanet-installed
+
+.PHONY: study test export check-export nbtest pytest test-slow clean-venv
+
+$(STAMP): settings.ini setup.py
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e ".[dev]"
+	@touch $@
+
+venv: $(STAMP)
+
+# The main job. For now: a smoke forward/backward pass of the embedded default model.
+study: $(STAMP)
+	$(BIN)/sdaanet smoke
+
+# Write sdaanet/ from the notebooks.
+export: $(STAMP)
+	$(BIN)/nbdev_export
+
+# Fail when the committed package is out of step with the notebooks.
+check-export: $(STAMP)
+	@tmp=$$(mktemp -d) && cp -r sdaanet $$tmp/ && $(BIN)/nbdev_export && \
+	if ! diff -r -x __pycache__ $$tmp/sdaanet sdaanet; then \
+	  echo "nbdev_export changed sdaanet/: the package was out of step with nbs/. Commit the export."; exit 1; fi; \
+	rm -rf $$tmp; echo "sdaanet/ is in step with nbs/"
+
+nbtest: $(STAMP)
+	$(BIN)/nbdev_test --n_workers 2 --timing
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+test: check-export nbtest pytest
+
+# Slow notebook cells (#| slow) and slow tests (-m slow) as well.
+test-slow: check-export
+	$(BIN)/nbdev_test --n_workers 2 --flags slow --timing
+	$(BIN)/python -m pytest -q -m "slow or not slow" tests
+
+clean-venv:
+	rm -rf $(VENV)
