@@ -1,0 +1,70 @@
+"""Training engine: exact resume, non-finite loss handling, configuration errors."""
+import json
+import pytest
+import torch
+
+from sdaanet.core import model_config, seed_everything
+from sdaanet.model import SDAANet
+from sdaanet.train import NonFiniteLossError, RandomEpisodes, train, train_config
+
+
+def _model():
+    seed_everything(0)
+    return SDAANet(model_config('embedded', backbone_weights=None))
+
+
+@pytest.mark.parametrize('workers', [0, 2])
+def test_resume_is_exact(tmp_path, workers):
+    "Stopped after 3 of 6 iterations (mid-epoch) and resumed: the same weights and log as an uninterrupted run."
+    cfg = train_config('embedded', batch_size=2, workers=workers, log_every=1, checkpoint_every=1, max_iters=6)
+    data = RandomEpisodes(n=8, size=33)
+    a = _model()
+    train(a, data, cfg, tmp_path / 'a', progress=False)
+    train(_model(), data, cfg, tmp_path / 'b', stop_after=3, progress=False)
+    b = _model()
+    summary = train(b, data, cfg, tmp_path / 'b', resume=True, progress=False)
+    assert summary['iterations'] == 6 and summary['finished']
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+    def rows(run):
+        return [{k: v for k, v in json.loads(l).items() if k != 'it_per_s'}
+                for l in (tmp_path / run / 'train_log.jsonl').read_text().splitlines()]
+    assert rows('a') == rows('b') and [r['iteration'] for r in rows('a')] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_differs_without_saved_rng(tmp_path):
+    "The check above can fail: a fresh start of the second half (no resume) gives other weights."
+    cfg = train_config('embedded', batch_size=2, workers=0, log_every=1, max_iters=4)
+    data = RandomEpisodes(n=8, size=33)
+    a = _model()
+    train(a, data, cfg, tmp_path / 'a', progress=False)
+    b = _model()
+    train(b, data, cfg.replace(seed=cfg.seed + 1), tmp_path / 'b', progress=False)
+    assert any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+class NaNAfter(RandomEpisodes):
+    def __getitem__(self, i):
+        ep = super().__getitem__(i)
+        if self.poison: ep['query_img'][:] = float('nan')
+        return ep
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path):
+    cfg = train_config('embedded', batch_size=2, workers=0, log_every=1, checkpoint_every=1, max_iters=4)
+    data = NaNAfter(n=8, size=33)
+    data.poison = False
+    model = _model()
+    train(model, data, cfg, tmp_path, stop_after=2, progress=False)
+    good = (tmp_path / 'checkpoints' / 'last.pth').read_bytes()
+    data.poison = True
+    with pytest.raises(NonFiniteLossError, match=r'iteration 2 .*main=nan'):
+        train(_model(), data, cfg, tmp_path, resume=True, progress=False)
+    assert (tmp_path / 'checkpoints' / 'last.pth').read_bytes() == good
+
+
+def test_too_few_episodes_for_a_batch(tmp_path):
+    with pytest.raises(ValueError, match='cannot fill one batch'):
+        train(_model(), RandomEpisodes(n=3), train_config('embedded', batch_size=4, workers=0), tmp_path,
+              progress=False)
