@@ -1,0 +1,51 @@
+"""The console script as a user runs it."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sdaanet.cli import main
+
+BIN = Path(sys.executable).parent / 'sdaanet'
+
+
+def run(*args, cwd=None):
+    out = subprocess.run([str(BIN), *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return out
+
+
+@pytest.mark.parametrize('args', [[], ['data'], ['data', 'generate'], ['data', 'index'], ['data', 'episodes'],
+                                  ['data', 'bench-index'], ['smoke']])
+def test_help(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*args, '--help'])
+    assert e.value.code == 0 and 'usage: sdaanet' in capsys.readouterr().out
+
+
+def test_bad_value_names_the_option():
+    out = run('smoke', '--preset', 'cityscapes')
+    assert out.returncode == 2 and "--preset: invalid choice: 'cityscapes'" in out.stderr
+
+
+def test_smoke_random_weights():
+    out = run('smoke', '--random-weights', '--size', '65')
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary['logits_shape'] == [2, 2, 65, 65] and summary['losses']['total'] > 0
+
+
+def test_data_commands(tmp_path):
+    root, cache = tmp_path / 'emb', tmp_path / 'cache'
+    out = run('data', 'generate', '--root', str(root), '--n-train', '120', '--n-test', '60')
+    assert out.returncode == 0, out.stderr
+    out = run('data', 'index', '--root', str(root), '--cache-dir', str(cache), '--split', 'test')
+    assert out.returncode == 0, out.stderr
+    assert 'embedded test: 60 images' in out.stdout and out.stdout.count('novel in fold') == 20
+    out = run('data', 'episodes', '--root', str(root), '--cache-dir', str(cache), '--fold', '1', '--episodes', '7',
+              '--out', str(tmp_path / 'ep.json'))
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads((tmp_path / 'ep.json').read_text())['episodes']) == 7
+    out = run('data', 'index', '--root', str(tmp_path / 'missing'), '--cache-dir', str(cache))
+    assert out.returncode == 2 and out.stderr.startswith('sdaanet data: error:') and 'missing' in out.stderr
