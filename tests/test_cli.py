@@ -17,7 +17,7 @@ def run(*args, cwd=None):
 
 
 @pytest.mark.parametrize('args', [[], ['data'], ['data', 'generate'], ['data', 'index'], ['data', 'episodes'],
-                                  ['data', 'bench-index'], ['smoke']])
+                                  ['data', 'bench-index'], ['smoke'], ['train'], ['eval'], ['predict'], ['bench']])
 def test_help(args, capsys):
     with pytest.raises(SystemExit) as e:
         main([*args, '--help'])

@@ -232,6 +232,8 @@ def test_pyramid_runs_each_scale():
         predict(model, ep, 'both')
     with pytest.raises(ValueError, match='scales entry'):
         predict(model, ep, 'pyramid', scales=(0,))
+    with pytest.raises(ValueError, match='needs a model with a `decoder`'):
+        predict(nn.Linear(1, 1), ep, 'paper')
 
 
 @pytest.fixture(scope='module')
@@ -243,14 +245,11 @@ def sdaanet():
 def test_multiscale_on_sdaanet(sdaanet):
     """On the real model, one scale equal to the input size reduces both readings to the softmax of the plain
     logits: the hook reads the decoder's logits that the model upsamples."""
-    ep = fake_episode(H=65)
+    ep = fake_episode(H=33)
     with torch.inference_mode():
         single = predict(sdaanet, ep).softmax(1)
-        torch.testing.assert_close(predict(sdaanet, ep, 'paper', scales=(65,)), single)
-        torch.testing.assert_close(predict(sdaanet, ep, 'pyramid', scales=(65,)), single)
-        two = predict(sdaanet, ep, 'paper', scales=(33, 65))
-    assert two.shape == (1, 2, 65, 65)
-    torch.testing.assert_close(two.sum(1), torch.full((1, 65, 65), 2.0))
+        torch.testing.assert_close(predict(sdaanet, ep, 'paper', scales=(33,)), single)
+        torch.testing.assert_close(predict(sdaanet, ep, 'pyramid', scales=(33,)), single)
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
