@@ -10,7 +10,7 @@ from torch import nn
 
 from sdaanet.core import model_config
 from sdaanet.evaluate import (EMPTY_IOU, SegMetrics, aggregate_seeds, episode_counts, eval_seeds, evaluate,
-                              original_batch, original_prediction, predict, seed_table)
+                              original_batch, predict, seed_table)
 from sdaanet.model import SDAANet
 from sdaanet.modules import resize
 
@@ -137,18 +137,20 @@ def test_metrics_on_cuda_equal_cpu():
 
 
 # ---------------------------------------------------------------------------------------------- original size
-def test_original_prediction_crops_before_resizing():
+def test_original_batch_crops_before_resizing():
     """A foreground-minus-background ramp linear in x is resized exactly by bilinear interpolation, so the boundary
-    is known: column j of the original reads input column j * (w1 - 1) / (w0 - 1). The padding holds large
-    foreground scores that would leak into the result without the crop."""
+    is known: column j of the original reads input column (j + 1/2) * w1 / w0 - 1/2 (half-pixel centres, clamped at
+    0). The padding holds large foreground scores that would leak into the result without the crop."""
     h0, w0, h1, w1, S = 30, 50, 6, 10, 12
-    scores = torch.zeros(2, S, S)
-    scores[1] = 100.0                                                    # padding
-    scores[1, :h1, :w1] = 3.3 - torch.arange(w1, dtype=torch.float)      # foreground where x < 3.3
-    pred = original_prediction(scores, {'orig_size': (h0, w0), 'resized_size': torch.tensor([h1, w1])})
-    x = np.arange(w0) * (w1 - 1) / (w0 - 1)
-    assert pred.shape == (h0, w0) and pred.dtype == torch.long
-    assert (pred.numpy() == (x < 3.3)[None].repeat(h0, 0)).all()
+    scores = torch.zeros(1, 2, S, S)
+    scores[0, 1] = 100.0                                                 # padding
+    scores[0, 1, :h1, :w1] = 3.3 - torch.arange(w1, dtype=torch.float)   # foreground where x < 3.3
+    label = torch.zeros(1, h0, w0, dtype=torch.long)
+    pred, _ = original_batch(scores, dict(query_label_orig=label, orig_hw=torch.tensor([[h0, w0]]),
+                                          valid_hw=torch.tensor([[h1, w1]])))
+    x = np.clip((np.arange(w0) + 0.5) * w1 / w0 - 0.5, 0, None)
+    assert pred.shape == (1, h0, w0) and pred.dtype == torch.long
+    assert (pred[0].numpy() == (x < 3.3)[None].repeat(h0, 0)).all()
 
 
 def test_original_batch_pads_and_checks():
@@ -156,15 +158,15 @@ def test_original_batch_pads_and_checks():
     scores = torch.zeros(2, 2, S, S); scores[:, 1] = 1.0                 # foreground everywhere
     label = torch.full((2, 9, 7), 255)
     label[0, :9, :4] = 1; label[1, :3, :7] = 0
-    batch = dict(query_label_orig=label, orig_size=[(9, 4), (3, 7)], resized_size=[(8, 4), (3, 8)])
+    batch = dict(query_label_orig=label, orig_hw=torch.tensor([(9, 4), (3, 7)]), valid_hw=torch.tensor([(8, 4), (3, 8)]))
     pred, target = original_batch(scores, batch)
     assert target is label and (pred[0, :9, :4] == 1).all() and (pred[1, :3, :7] == 1).all()
     assert episode_counts(pred, target)[:, :2].tolist() == [[36, 36], [0, 21]]
-    label[1, 5, 5] = 0                                                   # a label outside orig_size
-    with pytest.raises(ValueError, match=r'episode 1: orig_size=\(3, 7\)'):
+    label[1, 5, 5] = 0                                                   # a label outside orig_hw
+    with pytest.raises(ValueError, match=r'episode 1: orig_hw=\(3, 7\)'):
         original_batch(scores, batch)
-    with pytest.raises(ValueError, match='resized_size'):
-        original_prediction(scores[0], {'orig_size': (9, 4), 'resized_size': (0, 4)})
+    with pytest.raises(ValueError, match=r'valid_hw=\(0, 4\)'):
+        original_batch(scores, dict(batch, valid_hw=torch.tensor([(0, 4), (3, 8)])))
 
 
 # ---------------------------------------------------------------------------------------------- multi-scale
@@ -302,7 +304,7 @@ def test_evaluate_sdaanet_and_errors(sdaanet):
     "The real model through the loop (both scorings agree when the input is the original); clear errors."
     ep = fake_episode(H=33, seed=1)
     b = dict(ep, query_mask=torch.randint(0, 2, (1, 33, 33)), class_id=torch.tensor([1]), episode=torch.tensor([0]))
-    b.update(query_label_orig=b['query_mask'], orig_size=torch.tensor([[33, 33]]), resized_size=torch.tensor([[33, 33]]))
+    b.update(query_label_orig=b['query_mask'], orig_hw=torch.tensor([[33, 33]]), valid_hw=torch.tensor([[33, 33]]))
     res, orig = evaluate(sdaanet, [b], [1]), evaluate(sdaanet, [b], [1], scoring='original')
     assert 0 <= res.miou <= 1 and res.class_iou == orig.class_iou and not sdaanet.training
     with pytest.raises(ValueError, match="scoring='label'"):
