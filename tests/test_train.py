@@ -68,3 +68,13 @@ def test_too_few_episodes_for_a_batch(tmp_path):
     with pytest.raises(ValueError, match='cannot fill one batch'):
         train(_model(), RandomEpisodes(n=3), train_config('embedded', batch_size=4, workers=0), tmp_path,
               progress=False)
+
+
+def test_tensorboard_events(tmp_path):
+    "With the tensorboard package (a dev requirement) installed, the log rows also go to TensorBoard event files."
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    cfg = train_config('embedded', batch_size=2, workers=0, log_every=1, max_iters=2)
+    train(_model(), RandomEpisodes(n=4, size=33), cfg, tmp_path, progress=False)
+    acc = EventAccumulator(str(tmp_path / 'tensorboard')); acc.Reload()
+    assert [e.step for e in acc.Scalars('train/total')] == [1, 2]
+    assert {'train/lr', 'train/main', 'train/kd', 'train/support'} <= set(acc.Tags()['scalars'])
