@@ -49,8 +49,14 @@ def to_original(logits: torch.Tensor, valid_hw: torch.Tensor, orig_hw: torch.Ten
     resize (torchvision resizes with half-pixel centres; the model's own align_corners=True resizes are between
     the stride-8 grid and its 8k+1 input, a different geometry). Returns a list of `(C, h0, w0)`. This is the one
     place where a prediction goes back to its original label."""
+    sizes = {'valid_hw': torch.as_tensor(valid_hw).tolist(), 'orig_hw': torch.as_tensor(orig_hw).tolist()}
+    for name, v in sizes.items():
+        if len(v) != len(logits) or not all(isinstance(p, list) and len(p) == 2 and all(type(n) is int for n in p)
+                                            for p in v):
+            raise ValueError(f"{name}={v} is not allowed; expected one (height, width) pair of ints per prediction "
+                             f"({len(logits)})")
     out = []
-    for i, (x, (vh, vw), (h0, w0)) in enumerate(zip(logits, valid_hw.tolist(), orig_hw.tolist())):
+    for i, (x, (vh, vw), (h0, w0)) in enumerate(zip(logits, sizes['valid_hw'], sizes['orig_hw'])):
         if not (0 < vh <= x.shape[1] and 0 < vw <= x.shape[2]) or h0 < 1 or w0 < 1:
             raise ValueError(f"episode {i}: valid_hw=({vh}, {vw}) and orig_hw=({h0}, {w0}) are not allowed; expected "
                              f"positive sizes, valid_hw at most the input size {tuple(x.shape[1:])}")

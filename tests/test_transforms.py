@@ -92,6 +92,15 @@ def test_letterbox_maps_back_to_the_original_mask():
     fg = (m == 1).float()
     back = to_original(torch.stack([1 - fg, fg])[None], torch.tensor([[vh, vw]]), torch.tensor([[H, W]]))[0]
     assert back.shape == (2, H, W) and iou(back.argmax(0) == 1, mask == 1) > 0.85
+    logits = torch.stack([1 - fg, fg])[None]
+    with pytest.raises(ValueError, match=r'valid_hw=\(98, 97\)'):                  # larger than the input
+        to_original(logits, torch.tensor([[98, 97]]), torch.tensor([[H, W]]))
+    with pytest.raises(ValueError, match=r'orig_hw=\(0, 110\)'):
+        to_original(logits, torch.tensor([[vh, vw]]), torch.tensor([[0, W]]))
+    with pytest.raises(ValueError, match=r'valid_hw=\[\[79.0, 97.0\]\]'):           # not ints
+        to_original(logits, torch.tensor([[vh, vw]], dtype=torch.float), torch.tensor([[H, W]]))
+    with pytest.raises(ValueError, match=r'orig_hw=\[\[90, 110, 1\]\]'):            # not a (height, width) pair
+        to_original(logits, torch.tensor([[vh, vw]]), torch.tensor([[H, W, 1]]))
 
 
 def test_bad_inputs():
