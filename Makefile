@@ -16,9 +16,13 @@ $(STAMP): settings.ini setup.py
 
 venv: $(STAMP)
 
-# The main job. For now: a smoke forward/backward pass of the embedded default model.
+# The main job: generate the embedded benchmark, run the study matrix on the CPU (2 runs side by side), build the
+# HTML report in reports/_html/. A second call skips the finished runs.
 study: $(STAMP)
-	$(BIN)/sdaanet smoke
+	@start=$$(date +%s); \
+	$(BIN)/sdaanet data generate --root data/embedded && \
+	$(BIN)/sdaanet study --preset embedded --device cpu --jobs 2 && \
+	echo "make study: wall time $$(( $$(date +%s) - start )) s"
 
 # Write sdaanet/ from the notebooks.
 export: $(STAMP)

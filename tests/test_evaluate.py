@@ -186,7 +186,7 @@ class Fake(nn.Module):
         super().__init__()
         self.decoder, self.weight, self.calls = Decoder(stride), nn.Parameter(torch.zeros(())), []
 
-    def forward(self, query_img, support_imgs, support_masks, query_mask=None, return_maps=False):
+    def forward(self, query_img, support_imgs, support_masks, query_mask=None, return_maps=False, features=None):
         assert query_mask is None, 'the evaluator must not pass the query mask'
         self.calls.append(dict(size=tuple(query_img.shape[-2:]), support_size=tuple(support_imgs.shape[-2:]),
                                mask_values=set(support_masks.unique().tolist()), training=self.training,

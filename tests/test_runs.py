@@ -92,3 +92,19 @@ def test_predict_command(tiny):
         mask = np.asarray(Image.open(r['mask']))
         assert mask.shape == np.asarray(Image.open(emb / 'JPEGImages' / f'{i}.jpg')).shape[:2]
         assert set(np.unique(mask)) <= {0, 255} and Path(r['overlay']).exists()
+
+
+def test_validation_selection_holds_out_base_class_images(tmp_path):
+    "select='val': the best checkpoint on base-class episodes of held-out training images, which training never sees."
+    from sdaanet.embedded import generate_embedded
+    from sdaanet.runs import run_config, run_train, data_spec
+    from sdaanet.data import load_index, split_validation
+    generate_embedded(tmp_path / 'emb', n_train=300, n_test=20, size_range=(65, 81), progress=False)
+    cfg = run_config('embedded', data_root=str(tmp_path / 'emb'), cache_dir=str(tmp_path / 'cache'), train_size=65,
+                     model=dict(backbone_weights=None), train=dict(max_iters=2, batch_size=2, workers=0, select='val',
+                     val_fraction=0.3, checkpoint_every=1), eval=dict(episodes=6, size=65, workers=0))
+    summary = run_train(cfg, tmp_path / 'val-run', progress=False)
+    assert (tmp_path / 'val-run' / 'checkpoints' / 'best.pth').exists() and 0 <= summary['best']['score'] <= 1
+    train_index, val_index = split_validation(load_index(data_spec(cfg, 'train')), 0.3, cfg.train.seed)
+    assert len(val_index.ids) == 90 and not set(train_index.ids) & set(val_index.ids)
+    assert val_index.classes(0) == train_index.classes(0) and 1 not in val_index.classes(0)   # base classes

@@ -1,0 +1,60 @@
+"""A smoke study through papermill, the registry and both report notebooks to HTML: one fold, two runs, tiny
+images, two iterations each. One run is made to fail (an invalid model setting for that run only): it is recorded
+with its error while the other completes; a second call skips both; `retry_failed` runs the failed one again."""
+import json
+import pandas as pd
+import pytest
+from sdaanet.embedded import generate_embedded
+from sdaanet.study import study, run_study, Registry
+
+GOOD, BAD = 'baseline-1shot-separate-fold0', 'sdaanet-1shot-separate-fold0'
+
+
+@pytest.fixture(scope='module')
+def smoke_study(tmp_path_factory):
+    d = tmp_path_factory.mktemp('study')
+    root = generate_embedded(d / 'emb', n_train=120, n_test=60, size_range=(65, 81), progress=False)
+    extra = [f'cache_dir={d / "cache"}', f'{BAD}:model.alpha=-1']
+    index = study(d / 'study', 'smoke', str(root), folds=(0,), device='cpu', jobs=2, html_dir=d / 'html',
+                  only=[GOOD, BAD], extra=extra, progress=False)
+    return d, root, extra, index
+
+
+def test_failed_run_is_recorded_and_the_other_completes(smoke_study):
+    d, *_ = smoke_study
+    reg = Registry(d / 'study' / 'registry.csv').frame().set_index('run_id')
+    assert reg.loc[GOOD, 'status'] == 'done' and float(reg.loc[GOOD, 'seconds']) > 0
+    assert reg.loc[BAD, 'status'] == 'failed' and 'alpha=-1' in reg.loc[BAD, 'error']
+    assert (d / 'study' / 'runs' / BAD / 'run.ipynb').exists()           # the traceback notebook is kept
+    metrics = pd.read_csv(d / 'study' / 'runs' / GOOD / 'metrics.csv')
+    assert set(metrics['method']) == {'baseline', 'prior-mask'}
+    miou = metrics.query("metric == 'mIoU'")['value']
+    assert len(miou) == 2 and miou.between(0, 1).all()
+    records = pd.read_csv(d / 'study' / 'runs' / GOOD / 'records.csv')
+    assert len(records) == 2 * 8 and records['iou'].between(0, 1).all()   # 8 episodes, model and prior mask
+    assert (d / 'study' / 'runs' / GOOD / 'figure_data.pt').exists()
+
+
+def test_html_report_links_tables_figures_and_runs(smoke_study):
+    d, _, _, index = smoke_study
+    page = index.read_text()
+    assert index == d / 'html' / 'index.html'
+    for name in ('tables.html', 'figures.html', f'runs/{GOOD}.html', f'runs/{BAD}.html'):
+        assert name in page and (d / 'html' / name).exists(), name
+    tables = (d / 'html' / 'tables.html').read_text()
+    assert 'Table III' in tables and 'Table V' in tables
+    meta = json.loads((d / 'study' / 'study.json').read_text())
+    assert meta['dataset'] == 'embedded' and meta['failed'] == 1 and meta['done'] == 1
+
+
+def test_second_call_skips_done_and_failed_runs(smoke_study, capsys):
+    d, root, extra, _ = smoke_study
+    before = Registry(d / 'study' / 'registry.csv').frame().set_index('run_id')
+    reg = run_study(d / 'study', 'smoke', str(root), folds=(0,), device='cpu', only=[GOOD, BAD], extra=extra)
+    out = capsys.readouterr().out
+    assert f'skip {GOOD}: done' in out and f'skip {BAD}: failed' in out
+    assert reg.set_index('run_id')['ended'].equals(before['ended'])    # nothing ran again
+    reg = run_study(d / 'study', 'smoke', str(root), folds=(0,), device='cpu', only=[BAD], extra=extra,
+                    retry_failed=True, progress=False)
+    row = reg.set_index('run_id').loc[BAD]
+    assert row['status'] == 'failed' and row['ended'] != before.loc[BAD, 'ended']
