@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from .core import IGNORE, check_choice, check_positive
 from .modules import resize
 from .transforms import to_original
-from .train import to_device, episode_forward
+from .train import to_device, episode_forward, autocast_dtype
 
 # %% auto #0
 __all__ = ['EMPTY_IOU', 'COUNT_COLUMNS', 'RECORD_COLUMNS', 'SCORINGS', 'MULTISCALE', 'PAPER_SCALES', 'BATCH_KEYS', 'N_SEEDS',
@@ -227,15 +227,16 @@ class EvalResult:
 BATCH_KEYS = ('query_mask', 'support_masks', 'class_id', 'episode')
 
 def evaluate(model, loader, classes: Sequence[int], scoring: str = 'resized', multiscale: str = 'single',
-             scales: Sequence[int] = PAPER_SCALES, progress: bool = False) -> EvalResult:
+             scales: Sequence[int] = PAPER_SCALES, progress: bool = False, amp: str = 'off') -> EvalResult:
     "Class mIoU, FB-IoU and per-episode records of `model` on the episode batches of `loader`; see above."
     check_choice('scoring', scoring, SCORINGS); check_choice('multiscale', multiscale, MULTISCALE)
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device('cpu')
+    dtype = autocast_dtype(device, amp)
     metrics, was_training = SegMetrics(classes), model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             for batch in tqdm(loader, desc='eval', disable=not progress):
                 missing = [k for k in BATCH_KEYS if k not in batch]
                 if 'features' not in batch: missing += [k for k in ('query_img', 'support_imgs') if k not in batch]

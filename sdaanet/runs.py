@@ -15,7 +15,7 @@ from .data import DataSpec, DATASETS, EvalEpisodes, TrainEpisodes, split_validat
 from .model import SDAANet, inference_copy
 from .features import feature_cache, CachedTrainEpisodes, CachedEvalEpisodes
 from .checkpoints import load_checkpoint, load_official_checkpoint
-from .train import TrainConfig, train_config, train, resolve_device, init_distributed
+from .train import TrainConfig, train_config, train, resolve_device, init_distributed, AMP_MODES
 from .evaluate import EvalResult, SegMetrics, evaluate, aggregate_seeds, eval_seeds, SCORINGS, MULTISCALE
 
 # %% auto #0
@@ -36,12 +36,14 @@ class EvalConfig(Settings):
     size: int | None = None          # evaluation input size; None: the protocol's
     batch_size: int = 1
     workers: int = 2
+    amp: str = 'off'                 # 'off': full-precision scores | 'auto' | 'bf16' | 'fp16' (see autocast_dtype)
 
     def __post_init__(self):
         for key in ('seeds', 'batch_size'): check_positive(key, getattr(self, key), integer=True)
         if self.episodes is not None: check_positive('episodes', self.episodes, integer=True)
         if self.size is not None: check_positive('size', self.size, integer=True)
         check_choice('scoring', self.scoring, SCORINGS); check_choice('multiscale', self.multiscale, MULTISCALE)
+        check_choice('amp', self.amp, AMP_MODES)
 
 SECTIONS = {'model': ModelConfig, 'train': TrainConfig, 'eval': EvalConfig}
 
@@ -152,7 +154,8 @@ def evaluate_episodes(model, cfg: RunConfig, episodes: list[dict], index=None, d
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.eval.batch_size, num_workers=cfg.eval.workers,
                                          pin_memory=device is not None and device.type == 'cuda')
     classes = index.classes(cfg.fold)
-    local = evaluate(model, loader, classes, cfg.eval.scoring, cfg.eval.multiscale, progress=progress and rank == 0)
+    local = evaluate(model, loader, classes, cfg.eval.scoring, cfg.eval.multiscale, progress=progress and rank == 0,
+                     amp=cfg.eval.amp)
     return EvalResult.from_metrics(_all_ranks(local.metrics, classes, world))
 
 def run_eval(cfg: RunConfig, out_dir, model: SDAANet | None = None, checkpoint=None, released=None,

@@ -40,7 +40,7 @@ class TrainConfig(Settings):
     power: float = 0.9
     optimizer: str = 'sgd'            # 'sgd' (the paper's) | 'adamw' (the embedded preset's)
     warmup_iters: int = 0             # linear learning-rate warm-up before the poly decay
-    amp: str = 'auto'                 # CUDA only: bf16 where supported, else fp16 with a grad scaler
+    amp: str = 'auto'                 # 'auto': CUDA bf16 where supported, else fp16 with a grad scaler; CPU fp32. 'bf16' also on the CPU
     channels_last: bool = True        # CUDA only
     workers: int = 2
     seed: int = 321
@@ -152,10 +152,15 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), world
 
 def autocast_dtype(device: torch.device, amp: str):
-    "The autocast dtype for `amp` on `device` (None: full precision). AMP is used on CUDA only."
-    if device.type != 'cuda' or amp == 'off': return None
-    if amp == 'auto': return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {'bf16': torch.bfloat16, 'fp16': torch.float16}[amp]
+    """The autocast dtype for `amp` on `device` (None: full precision). CUDA: 'auto' is bf16 where supported, else
+    fp16. CPU: 'auto' is full precision; 'bf16' is allowed (fast only on CPUs with native bf16, AVX512-BF16 or AMX)."""
+    check_choice('amp', amp, AMP_MODES)
+    if amp == 'off': return None
+    if device.type == 'cuda':
+        if amp == 'auto': return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return {'bf16': torch.bfloat16, 'fp16': torch.float16}[amp]
+    if amp == 'fp16': raise ValueError(f"amp='fp16' is for CUDA devices; on {device} use amp='bf16' or 'off'")
+    return torch.bfloat16 if amp == 'bf16' else None
 
 def to_device(batch: dict, device: torch.device, channels_last: bool = False) -> dict:
     "Move the tensors of an episode batch (and of its `features` dict) to `device` (images channels_last when asked)."

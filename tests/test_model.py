@@ -6,7 +6,7 @@ import torch
 
 from sdaanet.core import ModelConfig, model_config
 from sdaanet.model import SDAANet
-from official_reference import official_eval_logits
+from sdaanet.released import released_eval_logits
 
 TABLE_III = [dict(use_sdpm=False, use_saam=False), dict(use_sdpm=False, use_saam=True),
              dict(use_sdpm=True, use_saam=False), dict(use_sdpm=True, use_saam=True)]
@@ -146,7 +146,7 @@ def _parity(backbone, K, size, config, make_episode, seed=0):
     q, s, sm, _ = make_episode(K=K, H=size, seed=seed)
     with torch.no_grad():
         ours = model(q, s, sm)['logits']
-    ref = official_eval_logits(model, q, s, sm)
+    ref = released_eval_logits(model, q, s, sm)
     assert (ours - ref).abs().max() <= 1e-4
 
 
