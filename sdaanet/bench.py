@@ -91,7 +91,7 @@ def bench(backbone: str = 'resnet50', size: int = 473, shots: int = 1, batch: in
         if dev.type == 'cuda': torch.cuda.reset_peak_memory_stats(dev)
         fns['episode'](); peak = _peak_mb(dev)          # the engine's own peak, before the released forward runs
         if vs_released:   # the released forward's loops on the same weights and episode: fp32 under no_grad, as it runs
-            fns['released'] = lambda: released_eval_logits(model.eval(), q, s, sm)
+            model.eval(); fns['released'] = lambda: released_eval_logits(model, q, s, sm)
         t = _timed(fns, dev, repeats, warmup)
         median = statistics.median(t['episode'])
         out['eval'] = {'size': size, 'batch': batch, 'episode_s': _stats(t['episode'], batch),
