@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sdaanet-installed
 
-.PHONY: study test export check-export nbtest pytest test-slow clean-venv
+.PHONY: study test export check-export nbtest pytest test-slow clean-venv docs
 
 $(STAMP): settings.ini setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ check-export: $(STAMP)
 	if ! diff -r -x __pycache__ $$tmp/sdaanet sdaanet; then \
 	  echo "nbdev_export changed sdaanet/: the package was out of step with nbs/. Commit the export."; exit 1; fi; \
 	rm -rf $$tmp; echo "sdaanet/ is in step with nbs/"
+
+# Render every notebook in nbs/ to HTML in _docs/ (nbconvert, offline) with an index page listing them.
+docs: $(STAMP)
+	$(BIN)/python -c "from sdaanet.report import build_docs; print(build_docs('nbs', '_docs'))"
 
 nbtest: $(STAMP)
 	$(BIN)/nbdev_test --n_workers 2 --timing

@@ -116,6 +116,7 @@ def map_efficientnet_keys(src: dict, dst_keys_shapes: dict) -> dict:
         out[kd] = v
     return out
 
+# %% ../nbs/02_backbones.ipynb #2af2eb48
 def efficientnet_lite0(weights=None, output_stride: int = 32) -> nn.Module:
     "timm's full `tf_efficientnet_lite0` classifier; `weights` None, 'imagenet' or a path (efficientnet-pytorch keys)."
     import timm

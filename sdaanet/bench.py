@@ -9,12 +9,13 @@ import torch
 from .core import ModelConfig, check_positive
 from .model import SDAANet, inference_copy, folded_backbone
 from .released import released_eval_logits
-from .train import resolve_device, autocast_dtype, make_optimizer, train_config, encode_batch, episode_forward
+from .engine import resolve_device, autocast_dtype, encode_batch, episode_forward
+from .train import make_optimizer, train_config
 
 # %% auto #0
 __all__ = ['bench']
 
-# %% ../nbs/10_bench.ipynb #f4a76be4
+# %% ../nbs/10_bench.ipynb #809af1ea
 def _sync(device):
     if device.type == 'cuda': torch.cuda.synchronize(device)
 
@@ -25,6 +26,7 @@ def _stats(times: list, per: int = 1) -> dict:
     return {'median': round(statistics.median(t), 4), 'min': round(min(t), 4), 'max': round(max(t), 4),
             'iqr': round(q[2] - q[0], 4), 'n': len(t)}
 
+# %% ../nbs/10_bench.ipynb #214a9da3
 def _timed(fns: dict, device, repeats: int, warmup: int) -> dict:
     """The times (seconds) of each function of `fns` over `repeats` rounds after `warmup` untimed ones. A round
     calls every function once, in turn, so a change in the machine's speed falls on all of them alike."""
@@ -37,6 +39,7 @@ def _timed(fns: dict, device, repeats: int, warmup: int) -> dict:
             times[k].append(time.perf_counter() - t)
     return times
 
+# %% ../nbs/10_bench.ipynb #8c71cab6
 def _peak_mb(device) -> float:
     if device.type == 'cuda': return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -48,6 +51,7 @@ def _cpu_name() -> str:
     except (OSError, StopIteration): pass
     return f'{name} ({torch.backends.cpu.get_cpu_capability()})'
 
+# %% ../nbs/10_bench.ipynb #637e6ff8
 def _episode(batch, shots, size, device, gen, support_cover=None):
     "Random images and query mask; support masks of random pixels, or a centred square covering `support_cover`."
     q = torch.randn(batch, 3, size, size, generator=gen).to(device)
@@ -60,58 +64,78 @@ def _episode(batch, shots, size, device, gen, support_cover=None):
     qm = torch.randint(0, 2, (batch, size, size), generator=gen).to(device)
     return q, s, sm, qm
 
-def bench(backbone: str = 'resnet50', size: int = 473, shots: int = 1, batch: int = 1, variant: str = 'official',
-          device: str = 'auto', train_size: int = 321, train_batch: int = 2, repeats: int = 5, warmup: int = 2,
-          amp: str = 'auto', what: tuple = ('eval', 'train'), support_cover: float | None = None,
-          vs_released: bool = False, **model_overrides) -> dict:
-    "Time evaluation episodes and training steps of one configuration; see above. Returns a JSON-ready dict."
+# %% ../nbs/10_bench.ipynb #a7e51bba
+def _check_bench_args(size, shots, batch, repeats, support_cover, vs_released, variant) -> None:
     for key, v in (('size', size), ('shots', shots), ('batch', batch), ('repeats', repeats)): check_positive(key, v, integer=True)
     if support_cover is not None and not 0 < support_cover <= 1:
         raise ValueError(f"support_cover={support_cover!r}: expected a share of the image in (0, 1], or None for random pixels")
     if vs_released and variant != 'official':
         raise ValueError(f"vs_released=True times the released forward, which is the 'official' variant; got variant={variant!r}")
+
+def _autocast(dev, dtype):
+    return torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None)
+
+def _bench_header(backbone, variant, shots, dev, dtype, support_cover) -> dict:
+    return {'backbone': backbone, 'variant': variant, 'shots': shots, 'device': str(dev),
+            'device_name': torch.cuda.get_device_name(dev) if dev.type == 'cuda' else _cpu_name(),
+            'threads': torch.get_num_threads(), 'torch': torch.__version__, 'amp': str(dtype).replace('torch.', '') if dtype else 'off',
+            'support_mask': 'random pixels' if support_cover is None else f'centred square, {support_cover:g} of the image'}
+
+# %% ../nbs/10_bench.ipynb #13c89c76
+def _bench_eval(model, dev, dtype, gen, size, batch, shots, support_cover, vs_released, repeats, warmup) -> dict:
+    "The `eval` part of `bench`: episode latency, backbone share, peak memory, and the released forward's time."
+    fast = inference_copy(model.to(dev))
+    q, s, sm, _ = _episode(batch, shots, size, dev, gen, support_cover)
+    def engine(fn):
+        def run():
+            with torch.inference_mode(), _autocast(dev, dtype): fn()
+        return run
+    fns = {'episode': engine(lambda: fast(q, s, sm)), 'encoder': engine(lambda: fast.encode(q, s, sm))}
+    if dev.type == 'cuda': torch.cuda.reset_peak_memory_stats(dev)
+    fns['episode'](); peak = _peak_mb(dev)          # the engine's own peak, before the released forward runs
+    if vs_released:   # the released forward's loops on the same weights and episode: fp32 under no_grad, as it runs
+        model.eval(); fns['released'] = lambda: released_eval_logits(model, q, s, sm)
+    t = _timed(fns, dev, repeats, warmup)
+    median = statistics.median(t['episode'])
+    out = {'size': size, 'batch': batch, 'episode_s': _stats(t['episode'], batch),
+           'episodes_per_s': round(batch / median, 3),
+           'backbone_share': round(statistics.median(t['encoder']) / median, 3), 'peak_mb': peak}
+    if vs_released:
+        out['released_episode_s'] = _stats(t['released'], batch)
+        out['ratio_to_released'] = round(median / statistics.median(t['released']), 3)
+    return out
+
+# %% ../nbs/10_bench.ipynb #ff842c60
+def _bench_train(model, dev, dtype, gen, size, batch, shots, support_cover, repeats, warmup) -> dict:
+    "The `train` part of `bench`: the time and peak memory of one training step."
+    model.to(dev).train()
+    opt = make_optimizer(model, train_config('pascal'))
+    scaler = torch.amp.GradScaler('cuda', enabled=dtype == torch.float16)
+    q, s, sm, qm = _episode(batch, shots, size, dev, gen, support_cover)
+    episode, encoder = dict(query_img=q, support_imgs=s, support_masks=sm, query_mask=qm), folded_backbone(model)
+    def step():   # the trainer's step: the folded frozen encoder, then the model
+        with _autocast(dev, dtype):
+            loss = episode_forward(model, encode_batch(model, encoder, episode), losses=True)['losses']['total']
+        opt.zero_grad(set_to_none=True); scaler.scale(loss).backward(); scaler.step(opt); scaler.update()
+    if dev.type == 'cuda': torch.cuda.reset_peak_memory_stats(dev)
+    return {'size': size, 'batch': batch,
+            'step_s': _stats(_timed({'step': step}, dev, repeats, warmup)['step']), 'peak_mb': _peak_mb(dev)}
+
+# %% ../nbs/10_bench.ipynb #7b857e1e
+def bench(backbone: str = 'resnet50', size: int = 473, shots: int = 1, batch: int = 1, variant: str = 'official',
+          device: str = 'auto', train_size: int = 321, train_batch: int = 2, repeats: int = 5, warmup: int = 2,
+          amp: str = 'auto', what: tuple = ('eval', 'train'), support_cover: float | None = None,
+          vs_released: bool = False, **model_overrides) -> dict:
+    "Time evaluation episodes and training steps of one configuration; see above. Returns a JSON-ready dict."
+    _check_bench_args(size, shots, batch, repeats, support_cover, vs_released, variant)
     dev = resolve_device(device)
     cfg = ModelConfig(backbone=backbone, backbone_weights=None, variant=variant, shots=shots, **model_overrides)
     gen = torch.Generator().manual_seed(0)
     dtype = autocast_dtype(dev, amp)
-    autocast = lambda: torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None)
-    out = {'backbone': backbone, 'variant': variant, 'shots': shots, 'device': str(dev),
-           'device_name': torch.cuda.get_device_name(dev) if dev.type == 'cuda' else _cpu_name(),
-           'threads': torch.get_num_threads(), 'torch': torch.__version__, 'amp': str(dtype).replace('torch.', '') if dtype else 'off',
-           'support_mask': 'random pixels' if support_cover is None else f'centred square, {support_cover:g} of the image'}
+    out = _bench_header(backbone, variant, shots, dev, dtype, support_cover)
     model = SDAANet(cfg)
     if 'eval' in what:
-        fast = inference_copy(model.to(dev))
-        q, s, sm, _ = _episode(batch, shots, size, dev, gen, support_cover)
-        def engine(fn):
-            def run():
-                with torch.inference_mode(), autocast(): fn()
-            return run
-        fns = {'episode': engine(lambda: fast(q, s, sm)), 'encoder': engine(lambda: fast.encode(q, s, sm))}
-        if dev.type == 'cuda': torch.cuda.reset_peak_memory_stats(dev)
-        fns['episode'](); peak = _peak_mb(dev)          # the engine's own peak, before the released forward runs
-        if vs_released:   # the released forward's loops on the same weights and episode: fp32 under no_grad, as it runs
-            model.eval(); fns['released'] = lambda: released_eval_logits(model, q, s, sm)
-        t = _timed(fns, dev, repeats, warmup)
-        median = statistics.median(t['episode'])
-        out['eval'] = {'size': size, 'batch': batch, 'episode_s': _stats(t['episode'], batch),
-                       'episodes_per_s': round(batch / median, 3),
-                       'backbone_share': round(statistics.median(t['encoder']) / median, 3), 'peak_mb': peak}
-        if vs_released:
-            out['eval']['released_episode_s'] = _stats(t['released'], batch)
-            out['eval']['ratio_to_released'] = round(median / statistics.median(t['released']), 3)
-        del fast
+        out['eval'] = _bench_eval(model, dev, dtype, gen, size, batch, shots, support_cover, vs_released, repeats, warmup)
     if 'train' in what:
-        model.to(dev).train()
-        opt = make_optimizer(model, train_config('pascal'))
-        scaler = torch.amp.GradScaler('cuda', enabled=dtype == torch.float16)
-        q, s, sm, qm = _episode(train_batch, shots, train_size, dev, gen, support_cover)
-        batch, encoder = dict(query_img=q, support_imgs=s, support_masks=sm, query_mask=qm), folded_backbone(model)
-        def step():   # the trainer's step: the folded frozen encoder, then the model
-            with autocast():
-                loss = episode_forward(model, encode_batch(model, encoder, batch), losses=True)['losses']['total']
-            opt.zero_grad(set_to_none=True); scaler.scale(loss).backward(); scaler.step(opt); scaler.update()
-        if dev.type == 'cuda': torch.cuda.reset_peak_memory_stats(dev)
-        out['train'] = {'size': train_size, 'batch': train_batch,
-                        'step_s': _stats(_timed({'step': step}, dev, repeats, warmup)['step']), 'peak_mb': _peak_mb(dev)}
+        out['train'] = _bench_train(model, dev, dtype, gen, train_size, train_batch, shots, support_cover, repeats, warmup)
     return out

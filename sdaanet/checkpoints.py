@@ -12,8 +12,8 @@ from .model import SDAANet
 
 # %% auto #0
 __all__ = ['OFFICIAL_PREFIXES', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'from_official_name', 'to_official_name',
-           'CheckpointMismatchError', 'check_state_dict', 'official_config', 'load_official_checkpoint',
-           'export_official', 'atomic_save', 'save_checkpoint', 'load_checkpoint', 'state_dict_from_spec']
+           'CheckpointMismatchError', 'check_state_dict', 'state_dict_from_spec', 'official_config',
+           'load_official_checkpoint', 'export_official', 'atomic_save', 'save_checkpoint', 'load_checkpoint']
 
 # %% ../nbs/06_checkpoints.ipynb #90c18b33
 OFFICIAL_PREFIXES = (  # (released name prefix, our name prefix)
@@ -53,6 +53,20 @@ def check_state_dict(expected: dict, given: dict, source: str, name_of=lambda k:
         raise CheckpointMismatchError(f"{source} does not fit the model:" + _listing('missing keys', missing)
                                       + _listing('unexpected keys', unexpected) + _listing('mis-shaped keys', misshaped))
 
+# %% ../nbs/06_checkpoints.ipynb #3009ad1e
+def state_dict_from_spec(path, seed: int = 0) -> dict:
+    "A random state dict with the keys and shapes listed in a 'name<TAB>(shape)' file (BN variances positive)."
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for line_no, line in enumerate(Path(path).read_text().splitlines(), 1):
+        m = re.fullmatch(r'(\S+)\t\(([\d, ]*)\)', line.strip())
+        if not m: raise ValueError(f"{path}:{line_no}: expected 'name<TAB>(shape)', got {line!r}")
+        name, shape = m[1], tuple(int(s) for s in m[2].split(',') if s.strip())
+        if name.endswith('num_batches_tracked'): sd[name] = torch.tensor(0)
+        elif name.endswith('running_var'): sd[name] = torch.rand(shape, generator=g) + 0.5
+        else: sd[name] = torch.randn(shape, generator=g) * 0.05
+    return sd
+
 # %% ../nbs/06_checkpoints.ipynb #54b30654
 def _read(src, what: str) -> dict:
     if isinstance(src, dict): return src
@@ -78,6 +92,7 @@ def official_config(sd: dict, **overrides) -> ModelConfig:
     if inferred['use_saam']: inferred['saam_dim'] = shape('simple_mask.0.weight')[0]
     return ModelConfig().replace(**{**inferred, **overrides})
 
+# %% ../nbs/06_checkpoints.ipynb #f390d300
 def load_official_checkpoint(src, model: SDAANet | None = None, **overrides) -> SDAANet:
     """Load a released checkpoint (path or dict; `{'state_dict': {'module.<name>': tensor}}`) strictly into `model`,
     or into a new `official` model whose configuration is inferred from the tensors (`overrides` win)."""
@@ -92,6 +107,7 @@ def load_official_checkpoint(src, model: SDAANet | None = None, **overrides) -> 
     model.load_state_dict(ours, strict=True)
     return model
 
+# %% ../nbs/06_checkpoints.ipynb #0f9917cd
 def export_official(model: SDAANet, epoch: int = 0) -> dict:
     "The model in the released format: `{'epoch', 'state_dict': {'module.<released name>': tensor}}`."
     sd = {}
@@ -115,6 +131,7 @@ def atomic_save(obj, path) -> Path:
         if tmp.exists(): tmp.unlink()
     return path
 
+# %% ../nbs/06_checkpoints.ipynb #40741cea
 def save_checkpoint(path, model: SDAANet, **extra) -> Path:
     "Save `model` (config and full state) and any `extra` entries (optimiser, iteration, RNG states, ...)."
     return atomic_save({'format': CHECKPOINT_FORMAT, 'version': CHECKPOINT_VERSION,
@@ -132,17 +149,3 @@ def load_checkpoint(path, map_location='cpu') -> tuple[SDAANet, dict]:
     model.load_state_dict(ckpt['model'], strict=True)
     model.cfg = ModelConfig.from_dict(ckpt['config'])
     return model, ckpt
-
-# %% ../nbs/06_checkpoints.ipynb #3009ad1e
-def state_dict_from_spec(path, seed: int = 0) -> dict:
-    "A random state dict with the keys and shapes listed in a 'name<TAB>(shape)' file (BN variances positive)."
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for line_no, line in enumerate(Path(path).read_text().splitlines(), 1):
-        m = re.fullmatch(r'(\S+)\t\(([\d, ]*)\)', line.strip())
-        if not m: raise ValueError(f"{path}:{line_no}: expected 'name<TAB>(shape)', got {line!r}")
-        name, shape = m[1], tuple(int(s) for s in m[2].split(',') if s.strip())
-        if name.endswith('num_batches_tracked'): sd[name] = torch.tensor(0)
-        elif name.endswith('running_var'): sd[name] = torch.rand(shape, generator=g) + 0.5
-        else: sd[name] = torch.randn(shape, generator=g) * 0.05
-    return sd

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, json, time
 import torch
-from .core import MODEL_PRESETS, model_config, seed_everything
+from .core import PRESETS, model_config, seed_everything
 from .model import SDAANet
 
 # %% auto #0
@@ -38,6 +38,15 @@ def smoke(preset: str = 'embedded', size: int = 161, shots: int = 1, batch: int 
             'seconds': {'build': round(built - t0, 2), 'train_step': round(stepped - built, 2),
                         'inference': round(done - stepped, 2)}}
 
+# %% ../nbs/11_cli.ipynb #7e5de606
+def _add_smoke_parser(sub) -> None:
+    p = sub.add_parser('smoke', help='one training step and one inference pass on a random episode')
+    p.add_argument('--preset', default='embedded', choices=sorted(PRESETS))
+    p.add_argument('--size', type=int, default=161, help='square input size in pixels')
+    p.add_argument('--shots', type=int, default=1)
+    p.add_argument('--batch', type=int, default=2)
+    p.add_argument('--random-weights', action='store_true', help='random backbone instead of ImageNet weights')
+
 # %% ../nbs/11_cli.ipynb #f30f9269
 def index_summary(index) -> list[dict]:
     "One row per class of a `ClassIndex`: class id, name, the fold where it is novel, images holding it."
@@ -45,31 +54,7 @@ def index_summary(index) -> list[dict]:
     return [dict(class_id=c, name=index.class_names[c - 1], novel_in_fold=novel_in[c], images=len(index.images_of(c)))
             for c in range(1, index.n_classes + 1)]
 
-def _data_command(args) -> None:
-    from sdaanet import data
-    if args.data_command == 'generate':
-        from sdaanet.embedded import generate_embedded
-        t = time.perf_counter()
-        root = generate_embedded(args.root, seed=args.seed, n_train=args.n_train, n_test=args.n_test)
-        print(json.dumps({'root': str(root), 'seconds': round(time.perf_counter() - t, 1)}))
-    elif args.data_command == 'index':
-        for split in ('train', 'test') if args.split == 'both' else (args.split,):
-            spec = data.DataSpec(args.dataset, args.root, split=split, min_pixels=args.min_pixels, sbd=args.sbd,
-                                 coco_split=args.coco_split, cache_dir=args.cache_dir)
-            index = data.load_index(spec)
-            print(f"{args.dataset} {split}: {len(index.ids)} images")
-            for r in index_summary(index):
-                print(f"  class {r['class_id']:3d} {r['name']:<24} novel in fold {r['novel_in_fold']}: {r['images']:6d} images")
-    elif args.data_command == 'episodes':
-        spec = data.DataSpec(args.dataset, args.root, fold=args.fold, shots=args.shots, split='test',
-                             coco_split=args.coco_split, cache_dir=args.cache_dir)
-        episodes = data.make_episode_list(data.load_index(spec), args.fold, args.episodes, args.shots, args.seed)
-        path = data.save_episode_list(args.out, episodes, dataset=args.dataset, root=args.root, fold=args.fold,
-                                      shots=args.shots, seed=args.seed)
-        print(json.dumps({'episodes': len(episodes), 'path': str(path)}))
-    elif args.data_command == 'bench-index':
-        print(json.dumps(data.bench_index(args.n_labels, args.workers), indent=1))
-
+# %% ../nbs/11_cli.ipynb #c6a7dd77
 def _add_data_parser(sub) -> None:
     p = sub.add_parser('data', help='dataset commands: generate, index, episodes, bench-index')
     dsub = p.add_subparsers(dest='data_command', required=True)
@@ -96,6 +81,32 @@ def _add_data_parser(sub) -> None:
     b = dsub.add_parser('bench-index', help='time the class index on a synthetic VOC tree')
     b.add_argument('--n-labels', type=int, default=12000); b.add_argument('--workers', type=int, default=None)
 
+# %% ../nbs/11_cli.ipynb #fe14c162
+def _data_command(args) -> None:
+    from sdaanet import data
+    if args.data_command == 'generate':
+        from sdaanet.embedded import generate_embedded
+        t = time.perf_counter()
+        root = generate_embedded(args.root, seed=args.seed, n_train=args.n_train, n_test=args.n_test)
+        print(json.dumps({'root': str(root), 'seconds': round(time.perf_counter() - t, 1)}))
+    elif args.data_command == 'index':
+        for split in ('train', 'test') if args.split == 'both' else (args.split,):
+            spec = data.DataSpec(args.dataset, args.root, split=split, min_pixels=args.min_pixels, sbd=args.sbd,
+                                 coco_split=args.coco_split, cache_dir=args.cache_dir)
+            index = data.load_index(spec)
+            print(f"{args.dataset} {split}: {len(index.ids)} images")
+            for r in index_summary(index):
+                print(f"  class {r['class_id']:3d} {r['name']:<24} novel in fold {r['novel_in_fold']}: {r['images']:6d} images")
+    elif args.data_command == 'episodes':
+        spec = data.DataSpec(args.dataset, args.root, fold=args.fold, shots=args.shots, split='test',
+                             coco_split=args.coco_split, cache_dir=args.cache_dir)
+        episodes = data.make_episode_list(data.load_index(spec), args.fold, args.episodes, args.shots, args.seed)
+        path = data.save_episode_list(args.out, episodes, dataset=args.dataset, root=args.root, fold=args.fold,
+                                      shots=args.shots, seed=args.seed)
+        print(json.dumps({'episodes': len(episodes), 'path': str(path)}))
+    elif args.data_command == 'bench-index':
+        print(json.dumps(data.bench_index(args.n_labels, args.workers), indent=1))
+
 # %% ../nbs/11_cli.ipynb #600dfa9d
 def _run_cfg(args):
     from sdaanet.runs import run_config, parse_overrides
@@ -104,11 +115,11 @@ def _run_cfg(args):
         if getattr(args, key) is not None: sets[key] = getattr(args, key)
     return run_config(args.preset, **sets)
 
-def _add_run_parsers(sub) -> None:
+def _add_train_eval_parsers(sub) -> None:
     for name, helptext in (('train', 'train one run into a run folder'),
                            ('eval', 'evaluate a checkpoint over seeded test-episode lists')):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument('--preset', default='embedded', choices=('embedded', 'pascal', 'coco'))
+        p.add_argument('--preset', default='embedded', choices=sorted(PRESETS))
         p.add_argument('--out', required=True, help='run folder')
         p.add_argument('--data-root', default=None); p.add_argument('--fold', type=int, default=None)
         p.add_argument('--shots', type=int, default=None)
@@ -120,6 +131,19 @@ def _add_run_parsers(sub) -> None:
         else:
             p.add_argument('--checkpoint', default=None, help='one of our checkpoints (default: the run folder\'s)')
             p.add_argument('--released', default=None, help="a released SD-AANet checkpoint ({'state_dict': ...})")
+
+# %% ../nbs/11_cli.ipynb #a0909570
+def _train_eval_command(args) -> None:
+    from sdaanet.runs import run_train, run_eval
+    cfg = _run_cfg(args)
+    if args.command == 'train':
+        print(json.dumps(run_train(cfg, args.out, resume=args.resume, stop_after=args.stop_after), indent=1))
+    else:
+        summary = run_eval(cfg, args.out, checkpoint=args.checkpoint, released=args.released)
+        print(json.dumps({k: v for k, v in summary.items() if k != 'per_seed'}, indent=1))
+
+# %% ../nbs/11_cli.ipynb #843b675e
+def _add_predict_parser(sub) -> None:
     p = sub.add_parser('predict', help='segment query images with a support set; writes mask and overlay PNGs')
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument('--checkpoint', help='one of our checkpoints')
@@ -130,6 +154,19 @@ def _add_run_parsers(sub) -> None:
     p.add_argument('--out', required=True, help='folder for <query>_mask.png and <query>_overlay.png')
     p.add_argument('--size', type=int, default=473, help='square network input size')
     p.add_argument('--batch-size', type=int, default=4); p.add_argument('--device', default='auto')
+
+def _predict_command(args) -> None:
+    from sdaanet.checkpoints import load_checkpoint, load_official_checkpoint
+    from sdaanet.model import inference_copy
+    from sdaanet.predict import predict_files
+    from sdaanet.engine import resolve_device
+    model = load_official_checkpoint(args.released) if args.released else load_checkpoint(args.checkpoint)[0]
+    model = inference_copy(model.to(resolve_device(args.device)))
+    rows = predict_files(model, args.support, args.support_mask, args.query, args.out, args.size, args.batch_size)
+    print(json.dumps(rows, indent=1))
+
+# %% ../nbs/11_cli.ipynb #2aaa6886
+def _add_bench_parser(sub) -> None:
     b = sub.add_parser('bench', help='time evaluation episodes and training steps; prints JSON')
     b.add_argument('--backbone', default='resnet50', choices=('resnet50', 'resnet101', 'vgg16_bn', 'efficientnet_lite0'))
     b.add_argument('--size', type=int, default=473, help='evaluation input size')
@@ -144,40 +181,32 @@ def _add_run_parsers(sub) -> None:
     b.add_argument('--vs-released', action='store_true',
                    help='also time the released forward pass (sdaanet.released) on the same weights and episode, '
                         'and print the ratio')
-    b.add_argument('--preset', choices=sorted(MODEL_PRESETS), default=None,
+    b.add_argument('--preset', choices=sorted(PRESETS), default=None,
                    help="take the model's sizes from a preset (e.g. embedded); --backbone still applies")
 
+def _bench_command(args) -> None:
+    from sdaanet.bench import bench
+    sizes = {k: v for k, v in (PRESETS[args.preset]['model'] if args.preset else {}).items() if k != 'backbone'}
+    what = (args.only,) if args.only else ('eval', 'train')
+    print(json.dumps(bench(args.backbone, args.size, args.shots, args.batch, args.variant, args.device,
+                           args.train_size, args.train_batch, args.repeats, args.warmup, args.amp, what,
+                           args.support_cover, args.vs_released, **sizes), indent=1))
+
+# %% ../nbs/11_cli.ipynb #08dd467d
+def _add_run_parsers(sub) -> None:
+    _add_train_eval_parsers(sub)
+    _add_predict_parser(sub)
+    _add_bench_parser(sub)
+
 def _run_command(args) -> None:
-    if args.command == 'bench':
-        from sdaanet.bench import bench
-        sizes = {k: v for k, v in MODEL_PRESETS.get(args.preset, {}).items() if k != 'backbone'}
-        what = (args.only,) if args.only else ('eval', 'train')
-        print(json.dumps(bench(args.backbone, args.size, args.shots, args.batch, args.variant, args.device,
-                               args.train_size, args.train_batch, args.repeats, args.warmup, args.amp, what,
-                               args.support_cover, args.vs_released, **sizes), indent=1))
-        return
-    if args.command == 'predict':
-        from sdaanet.checkpoints import load_checkpoint, load_official_checkpoint
-        from sdaanet.model import inference_copy
-        from sdaanet.runs import predict_files
-        from sdaanet.train import resolve_device
-        model = load_official_checkpoint(args.released) if args.released else load_checkpoint(args.checkpoint)[0]
-        model = inference_copy(model.to(resolve_device(args.device)))
-        rows = predict_files(model, args.support, args.support_mask, args.query, args.out, args.size, args.batch_size)
-        print(json.dumps(rows, indent=1))
-        return
-    from sdaanet.runs import run_train, run_eval
-    cfg = _run_cfg(args)
-    if args.command == 'train':
-        print(json.dumps(run_train(cfg, args.out, resume=args.resume, stop_after=args.stop_after), indent=1))
-    else:
-        summary = run_eval(cfg, args.out, checkpoint=args.checkpoint, released=args.released)
-        print(json.dumps({k: v for k, v in summary.items() if k != 'per_seed'}, indent=1))
+    if args.command == 'bench': _bench_command(args)
+    elif args.command == 'predict': _predict_command(args)
+    else: _train_eval_command(args)
 
 # %% ../nbs/11_cli.ipynb #46edb5c4
 def _add_study_parser(sub) -> None:
     p = sub.add_parser('study', help='run the study matrix (Tables I-V) with papermill and build the HTML report')
-    p.add_argument('--preset', default='embedded', choices=('embedded', 'pascal', 'coco', 'smoke'))
+    p.add_argument('--preset', default='embedded', choices=sorted(PRESETS))
     p.add_argument('--dir', default=None, help='study folder (default runs/study-<preset>)')
     p.add_argument('--data-root', default=None, help="dataset root (default: the preset's)")
     p.add_argument('--folds', type=int, nargs='+', default=[0, 1, 2, 3])
@@ -203,12 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     "Entry point of the `sdaanet` console script."
     parser = argparse.ArgumentParser(prog='sdaanet', description='SD-AANet few-shot segmentation study')
     sub = parser.add_subparsers(dest='command', required=True)
-    p = sub.add_parser('smoke', help='one training step and one inference pass on a random episode')
-    p.add_argument('--preset', default='embedded', choices=sorted(MODEL_PRESETS))
-    p.add_argument('--size', type=int, default=161, help='square input size in pixels')
-    p.add_argument('--shots', type=int, default=1)
-    p.add_argument('--batch', type=int, default=2)
-    p.add_argument('--random-weights', action='store_true', help='random backbone instead of ImageNet weights')
+    _add_smoke_parser(sub)
     _add_data_parser(sub)
     _add_run_parsers(sub)
     _add_study_parser(sub)
@@ -226,3 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:   # bad input: a message, not a traceback
         parser.exit(2, f"sdaanet {args.command}: error: {e}\n")
     return 0
+
+# %% ../nbs/11_cli.ipynb #27bc47ff
+if __name__ == '__main__':
+    import sys
+    sys.exit(main())

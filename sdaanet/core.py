@@ -5,13 +5,14 @@
 # %% ../nbs/00_core.ipynb #72aaa123
 from __future__ import annotations
 import dataclasses, json, random
+from fastcore.basics import patch
 from dataclasses import dataclass, asdict
 import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'IGNORE', 'BACKBONES', 'VARIANTS', 'KSHOT_STRATEGIES', 'BACKBONE_BN_MODES',
-           'MODEL_PRESETS', 'check_choice', 'check_positive', 'Settings', 'ModelConfig', 'model_config',
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'IGNORE', 'BACKBONES', 'VARIANTS', 'KSHOT_STRATEGIES', 'BACKBONE_BN_MODES', 'PRESETS',
+           'check_choice', 'check_positive', 'Settings', 'ModelConfig', 'preset_section', 'model_config',
            'seed_everything']
 
 # %% ../nbs/00_core.ipynb #d12dba24
@@ -50,7 +51,7 @@ BACKBONE_BN_MODES = ('frozen', 'train')
 
 @dataclass
 class ModelConfig(Settings):
-    "Every switch and size of `SDAANet`; see the table above."
+    "Every switch and size of `SDAANet`; the list above says what each switch means."
     _what = 'model setting'
     backbone: str = 'resnet50'
     backbone_weights: str | None = 'imagenet'  # 'imagenet', a path to a state dict, or None (random init)
@@ -72,50 +73,83 @@ class ModelConfig(Settings):
 
     def __post_init__(self):
         self.saam_bins, self.decoder_bins = tuple(self.saam_bins), tuple(self.decoder_bins)
-        check_choice('backbone', self.backbone, BACKBONES)
-        check_choice('backbone_bn', self.backbone_bn, BACKBONE_BN_MODES)
-        check_choice('variant', self.variant, VARIANTS)
-        check_choice('kshot_strategy', self.kshot_strategy, KSHOT_STRATEGIES)
-        if self.variant == 'official' and self.kshot_strategy != 'separate':
-            raise ValueError("kshot_strategy='integral' is not allowed with variant='official': the released code "
-                             "has one K-shot rule (kshot_strategy='separate'); use variant='paper' for Table V")
-        for key in ('use_sdpm', 'use_saam'):
-            if not isinstance(getattr(self, key), bool):
-                raise ValueError(f"{key}={getattr(self, key)!r} is not allowed; expected True or False")
-        for key in ('shots', 'reduce_dim', 'se_reduction', 'saam_dim'):
-            check_positive(key, getattr(self, key), integer=True)
-        check_positive('fg_weight', self.fg_weight)
-        for key in ('alpha', 'beta', 'aux_weight'):
-            if not isinstance(getattr(self, key), (int, float)) or getattr(self, key) < 0:
-                raise ValueError(f"{key}={getattr(self, key)!r} is not allowed; expected a number >= 0")
-        for key in ('saam_bins', 'decoder_bins'):
-            bins = getattr(self, key)
-            if not bins: raise ValueError(f"{key}=() is not allowed; expected at least one bin")
-            for b in bins: check_positive(f"{key} entry", b)
-        if self.reduce_dim % self.se_reduction:
-            raise ValueError(f"se_reduction={self.se_reduction} is not allowed; it must divide reduce_dim={self.reduce_dim}")
+        self._check()
 
-    def to_dict(self) -> dict:
-        "Plain JSON-ready dict (tuples become lists)."
-        return json.loads(json.dumps(asdict(self)))
+# %% ../nbs/00_core.ipynb #f1e84227
+@patch
+def _check(self: ModelConfig):
+    "Raise `ValueError` naming the first key whose value is not allowed."
+    check_choice('backbone', self.backbone, BACKBONES)
+    check_choice('backbone_bn', self.backbone_bn, BACKBONE_BN_MODES)
+    check_choice('variant', self.variant, VARIANTS)
+    check_choice('kshot_strategy', self.kshot_strategy, KSHOT_STRATEGIES)
+    if self.variant == 'official' and self.kshot_strategy != 'separate':
+        raise ValueError("kshot_strategy='integral' is not allowed with variant='official': the released code "
+                         "has one K-shot rule (kshot_strategy='separate'); use variant='paper' for Table V")
+    for key in ('use_sdpm', 'use_saam'):
+        if not isinstance(getattr(self, key), bool):
+            raise ValueError(f"{key}={getattr(self, key)!r} is not allowed; expected True or False")
+    for key in ('shots', 'reduce_dim', 'se_reduction', 'saam_dim'):
+        check_positive(key, getattr(self, key), integer=True)
+    check_positive('fg_weight', self.fg_weight)
+    for key in ('alpha', 'beta', 'aux_weight'):
+        if not isinstance(getattr(self, key), (int, float)) or getattr(self, key) < 0:
+            raise ValueError(f"{key}={getattr(self, key)!r} is not allowed; expected a number >= 0")
+    for key in ('saam_bins', 'decoder_bins'):
+        bins = getattr(self, key)
+        if not bins: raise ValueError(f"{key}=() is not allowed; expected at least one bin")
+        for b in bins: check_positive(f"{key} entry", b)
+    if self.reduce_dim % self.se_reduction:
+        raise ValueError(f"se_reduction={self.se_reduction} is not allowed; it must divide reduce_dim={self.reduce_dim}")
 
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        "Inverse of `to_dict`; unknown keys are an error."
-        return cls().replace(**d)
+# %% ../nbs/00_core.ipynb #2e9bcb5e
+@patch
+def to_dict(self: ModelConfig) -> dict:
+    "Plain JSON-ready dict (tuples become lists)."
+    return json.loads(json.dumps(asdict(self)))
+
+@patch(cls_method=True)
+def from_dict(cls: ModelConfig, d: dict) -> ModelConfig:
+    "Inverse of `to_dict`; unknown keys are an error."
+    return cls().replace(**d)
 
 # %% ../nbs/00_core.ipynb #c03aa4f9
-MODEL_PRESETS = {
-    'pascal': dict(backbone='resnet50'),
-    'coco': dict(backbone='resnet101'),
-    'embedded': dict(backbone='efficientnet_lite0', reduce_dim=64, saam_dim=128, fg_weight=3.0, alpha=1.0,
-                     decoder_bins=(1.0, 0.5, 0.25, 0.125)),
+_EMBEDDED = dict(
+    model=dict(backbone='efficientnet_lite0', reduce_dim=32, saam_dim=64, fg_weight=3.0, alpha=1.0,
+               decoder_bins=(1.0, 0.5, 0.25, 0.125)),
+    train=dict(epochs=6, batch_size=8, optimizer='adamw', base_lr=0.002, warmup_iters=20, workers=2, log_every=5),
+    run=dict(dataset='embedded', data_root='data/embedded'),
+    eval=dict(episodes=300, workers=2, scales=(89, 129)),
+    study=dict(overrides=['cache_features=true', 'eval.batch_size=20', 'eval.workers=0', 'train.workers=0',
+                          'train.select=val', 'train.checkpoint_every=50', 'train.patience=2', 'train.val_episodes=100'],
+               per_shots={1: ['train.max_iters=300', 'train.batch_size=4'],
+                          5: ['train.max_iters=300', 'train.batch_size=2']},
+               train_seeds=(0, 1, 2), threads=1, multiscale='pyramid'))
+
+_PAPER_STUDY = dict(overrides=['eval.seeds=5'], per_shots={}, train_seeds=(0, 1, 2), threads=None, multiscale='paper')
+
+PRESETS = {
+    'pascal': dict(model=dict(backbone='resnet50'), train=dict(epochs=200, batch_size=4, base_lr=0.0025),
+                   run=dict(dataset='pascal', data_root='data/VOCdevkit/VOC2012'), eval={}, study=_PAPER_STUDY),
+    'coco': dict(model=dict(backbone='resnet101'), train=dict(epochs=50, batch_size=8, base_lr=0.0005),
+                 run=dict(dataset='coco', data_root='data/coco'), eval={}, study=_PAPER_STUDY),
+    'embedded': _EMBEDDED,
+    'smoke': dict(model={**_EMBEDDED['model'], 'backbone_weights': None}, train={**_EMBEDDED['train'], 'workers': 0},
+                  run={**_EMBEDDED['run'], 'train_size': 65}, eval=dict(episodes=8, size=65, workers=0, scales=(49, 65)),
+                  study=dict(overrides=['cache_features=true'],
+                             per_shots={1: ['train.max_iters=2', 'train.batch_size=2'],
+                                        5: ['train.max_iters=2', 'train.batch_size=2']},
+                             train_seeds=(0, 1), threads=1, multiscale='pyramid')),
 }
+
+def preset_section(preset: str, section: str) -> dict:
+    "One section ('model', 'train', 'run', 'eval' or 'study') of a preset; an unknown preset is an error naming it."
+    check_choice('preset', preset, PRESETS)
+    return PRESETS[preset][section]
 
 def model_config(preset: str = 'embedded', **overrides) -> ModelConfig:
     "The `preset`'s `ModelConfig` with `overrides` applied."
-    check_choice('preset', preset, MODEL_PRESETS)
-    return ModelConfig().replace(**{**MODEL_PRESETS[preset], **overrides})
+    return ModelConfig().replace(**{**preset_section(preset, 'model'), **overrides})
 
 # %% ../nbs/00_core.ipynb #23c1e7d1
 def seed_everything(seed: int) -> None:

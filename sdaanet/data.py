@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 import numpy as np
+from fastcore.basics import patch
 import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
@@ -158,47 +159,56 @@ class ClassIndex:
     @property
     def n_classes(self) -> int: return len(self.class_names)
 
-    def classes(self, fold: int) -> tuple[int, ...]:
-        "The fold's novel classes for a test index, its base classes for a training index."
-        check_choice('fold', fold, range(len(self.folds)))
-        novel = self.folds[fold]
-        return novel if self.split == 'test' else tuple(c for c in range(1, self.n_classes + 1) if c not in novel)
+# %% ../nbs/01_data.ipynb #156b5fe9
+@patch
+def classes(self: ClassIndex, fold: int) -> tuple[int, ...]:
+    "The fold's novel classes for a test index, its base classes for a training index."
+    check_choice('fold', fold, range(len(self.folds)))
+    novel = self.folds[fold]
+    return novel if self.split == 'test' else tuple(c for c in range(1, self.n_classes + 1) if c not in novel)
 
-    def images_of(self, class_id: int) -> list[str]:
-        "Ids of the images where `class_id` covers at least `min_pixels` pixels."
-        return [self.ids[k] for k in np.flatnonzero(self.areas[:, class_id] >= self.min_pixels)]
+@patch
+def images_of(self: ClassIndex, class_id: int) -> list[str]:
+    "Ids of the images where `class_id` covers at least `min_pixels` pixels."
+    return [self.ids[k] for k in np.flatnonzero(self.areas[:, class_id] >= self.min_pixels)]
 
-    def class_lists(self, fold: int) -> dict[int, list[str]]:
-        "The image ids of each of the fold's classes; `DataError` when a class has none."
-        lists = {c: self.images_of(c) for c in self.classes(fold)}
-        empty = [f"{c} ({self.class_names[c - 1]})" for c, ids in lists.items() if not ids]
-        if empty:
-            raise DataError(f"{self.dataset} {self.split} fold {fold}: no image has at least {self.min_pixels} "
-                            f"pixels of class {', '.join(empty)}; expected every class of the fold to have images")
-        return lists
+@patch
+def class_lists(self: ClassIndex, fold: int) -> dict[int, list[str]]:
+    "The image ids of each of the fold's classes; `DataError` when a class has none."
+    lists = {c: self.images_of(c) for c in self.classes(fold)}
+    empty = [f"{c} ({self.class_names[c - 1]})" for c, ids in lists.items() if not ids]
+    if empty:
+        raise DataError(f"{self.dataset} {self.split} fold {fold}: no image has at least {self.min_pixels} "
+                        f"pixels of class {', '.join(empty)}; expected every class of the fold to have images")
+    return lists
 
-    def queries(self, fold: int) -> dict[str, list[int]]:
-        "Each image with at least one of the fold's classes -> those classes (the query pool)."
-        cls = self.classes(fold)
-        present = self.areas[:, cls] >= self.min_pixels
-        return {self.ids[k]: [cls[j] for j in np.flatnonzero(row)] for k, row in enumerate(present) if row.any()}
+@patch
+def queries(self: ClassIndex, fold: int) -> dict[str, list[int]]:
+    "Each image with at least one of the fold's classes -> those classes (the query pool)."
+    cls = self.classes(fold)
+    present = self.areas[:, cls] >= self.min_pixels
+    return {self.ids[k]: [cls[j] for j in np.flatnonzero(row)] for k, row in enumerate(present) if row.any()}
 
-    def paths(self, image_id: str) -> tuple[str, str]:
-        "(image path, label path) of `image_id`."
-        if image_id not in self._pos: raise DataError(f"image id {image_id!r} is not in the {self.dataset} {self.split} list")
-        k = self._pos[image_id]
-        return self.images[k], self.labels[k]
+# %% ../nbs/01_data.ipynb #856fd842
+@patch
+def paths(self: ClassIndex, image_id: str) -> tuple[str, str]:
+    "(image path, label path) of `image_id`."
+    if image_id not in self._pos: raise DataError(f"image id {image_id!r} is not in the {self.dataset} {self.split} list")
+    k = self._pos[image_id]
+    return self.images[k], self.labels[k]
 
-    def same_table(self, other: ClassIndex) -> bool:
-        "True when both indexes list the same images with the same class areas."
-        return self.ids == other.ids and np.array_equal(self.areas, other.areas) and np.array_equal(self.sizes, other.sizes)
+@patch
+def same_table(self: ClassIndex, other: ClassIndex) -> bool:
+    "True when both indexes list the same images with the same class areas."
+    return self.ids == other.ids and np.array_equal(self.areas, other.areas) and np.array_equal(self.sizes, other.sizes)
 
-    def subset(self, rows) -> ClassIndex:
-        "The index of the images at `rows` (same split, classes and folds)."
-        rows = [int(r) for r in rows]
-        return ClassIndex(self.dataset, self.split, self.class_names, self.folds, [self.ids[r] for r in rows],
-                          [self.images[r] for r in rows], [self.labels[r] for r in rows], self.areas[rows],
-                          self.sizes[rows], self.min_pixels, self.skipped)
+@patch
+def subset(self: ClassIndex, rows) -> ClassIndex:
+    "The index of the images at `rows` (same split, classes and folds)."
+    rows = [int(r) for r in rows]
+    return ClassIndex(self.dataset, self.split, self.class_names, self.folds, [self.ids[r] for r in rows],
+                      [self.images[r] for r in rows], [self.labels[r] for r in rows], self.areas[rows],
+                      self.sizes[rows], self.min_pixels, self.skipped)
 
 def split_validation(index: ClassIndex, fraction: float, seed: int) -> tuple[ClassIndex, ClassIndex]:
     """(training, validation) indexes of a training `index`: a seeded `fraction` of its images held out, so that
@@ -279,6 +289,7 @@ def _dedup(items, what) -> list:
     if len(out) < len(items): warnings.warn(f"{what}: dropped {len(items) - len(out)} duplicate image id(s)", stacklevel=3)
     return out
 
+# %% ../nbs/01_data.ipynb #1537c067
 def _sbd_png(sbd: Path, image_id: str, out: Path) -> str | None:
     "Convert SBD's `cls/<id>.mat` to `out/<id>.png` unless already done; None when unreadable."
     from scipy.io import loadmat
@@ -292,6 +303,7 @@ def _sbd_png(sbd: Path, image_id: str, out: Path) -> str | None:
     Image.fromarray(np.asarray(seg, np.uint8), 'L').save(tmp); os.replace(tmp, png)
     return str(png)
 
+# %% ../nbs/01_data.ipynb #7c59785d
 def pascal_items(root, split: str, list_file=None, sbd=None, cache_dir=None) -> list[tuple[str, str, str]]:
     "(id, image path, label path) of PASCAL's `split` ('train' or 'test'), built as described above."
     check_choice('split', split, SPLITS)
@@ -346,6 +358,7 @@ def load_coco_json(path) -> dict:
                         f"expected {COCO_CLASSES[:3]}... (80)")
     return d
 
+# %% ../nbs/01_data.ipynb #1d366ad9
 def coco_label(anns: list[dict], h: int, w: int, class_of: dict[int, int]) -> np.ndarray:
     "The class-id label `(h, w)` of one image's annotations (crowd = 255; see above)."
     from pycocotools import mask as mask_utils
@@ -359,6 +372,7 @@ def coco_label(anns: list[dict], h: int, w: int, class_of: dict[int, int]) -> np
         lbl[decode(a['segmentation'])] = class_of[a['category_id']]
     return lbl
 
+# %% ../nbs/01_data.ipynb #0ff83bae
 def coco_items(root, split: str, mask_dir=None, cache_dir=None, progress: bool = True) -> list[tuple[str, str, str]]:
     "(id, image path, label path) of COCO's `split` (train2014 or val2014), converting masks to PNGs if needed."
     check_choice('split', split, SPLITS)
@@ -434,6 +448,7 @@ class DataSpec:
         "The class index's pixel threshold: `min_pixels`, else the dataset's default."
         return self.min_pixels or (EMBEDDED_DEFAULTS['min_pixels'] if self.name == 'embedded' else 2 * 32 * 32)
 
+# %% ../nbs/01_data.ipynb #d4eef5d5
 def embedded_class_names(root) -> tuple[str, ...]:
     "The 20 class names in an embedded dataset's `classes.txt`."
     layout = "an embedded dataset folder written by sdaanet.embedded.generate_embedded (classes.txt, VOC layout)"
@@ -511,6 +526,7 @@ def make_episode_list(index: ClassIndex, fold: int, n_episodes: int, shots: int,
         episodes.append(dict(episode=e, query=q, class_id=int(c), supports=[s for s in picks if s != q][:shots]))
     return episodes
 
+# %% ../nbs/01_data.ipynb #1a663f61
 def save_episode_list(path, episodes: list[dict], **meta) -> Path:
     "Write `episodes` (and `meta`, e.g. dataset, fold, seed) as json."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -559,6 +575,7 @@ class _Episodes(torch.utils.data.Dataset):
                        valid_hw=torch.tensor(fit_longer_side(h0, w0, self.transform.size)))
         return out
 
+# %% ../nbs/01_data.ipynb #911529ae
 class TrainEpisodes(_Episodes):
     "Training episodes of `index`'s fold: each query image once per epoch (see above)."
     def __init__(self, index: ClassIndex, fold: int, shots: int, transform: JointTransform):

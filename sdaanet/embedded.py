@@ -7,16 +7,15 @@ from __future__ import annotations
 import colorsys, json
 from pathlib import Path
 import numpy as np
-import pandas as pd
 from PIL import Image, ImageDraw
 from scipy import ndimage
 from skimage import data as skdata
 from .core import check_positive
-from .data import DataError, ClassIndex, parallel_map
+from .data import DataError, parallel_map
 
 # %% auto #0
-__all__ = ['SHAPES', 'APPEARANCES', 'EMBEDDED_VERSION', 'embedded_classes', 'fold_table', 'shape_mask', 'pattern', 'background',
-           'render', 'generate_embedded', 'gallery']
+__all__ = ['SHAPES', 'APPEARANCES', 'EMBEDDED_VERSION', 'embedded_classes', 'shape_mask', 'pattern', 'background', 'render',
+           'generate_embedded']
 
 # %% ../nbs/01b_embedded.ipynb #da310c46
 SHAPES = ('disc', 'triangle', 'star', 'cross', 'crescent')
@@ -31,11 +30,6 @@ def embedded_classes() -> list[dict]:
             a = APPEARANCES[(s + fold) % 4]
             out.append(dict(class_id=5 * fold + s + 1, name=f'{a} {shape}', shape=shape, appearance=a, fold=fold))
     return out
-
-def fold_table() -> pd.DataFrame:
-    "The fold split: one row per fold, one column per shape, the novel class's appearance in each cell."
-    df = pd.DataFrame(embedded_classes())
-    return df.pivot(index='fold', columns='shape', values='appearance')[list(SHAPES)]
 
 # %% ../nbs/01b_embedded.ipynb #ded4dbe0
 def _densify(pts: np.ndarray, per_edge: int = 8) -> np.ndarray:
@@ -68,6 +62,7 @@ def _outlines(shape: str, rng: np.random.Generator) -> tuple[list, list]:
     else: raise ValueError(f"shape={shape!r} is not allowed; expected one of {SHAPES}")
     return [np.stack([r * np.cos(t), r * np.sin(t)], 1)], []
 
+# %% ../nbs/01b_embedded.ipynb #39c0e232
 def shape_mask(shape: str, hw: tuple[int, int], centre: tuple[float, float], d: float,
                rng: np.random.Generator) -> np.ndarray:
     "Boolean mask `hw` of one randomly varied `shape` of diameter about `d` centred at `centre` (x, y)."
@@ -104,6 +99,7 @@ def _smooth_noise(y: np.ndarray, x: np.ndarray, cell: float, rng: np.random.Gene
     small = ndimage.gaussian_filter(rng.normal(size=(int(y.max() / cell) + 3, int(x.max() / cell) + 3)), 1.0)
     return ndimage.map_coordinates(small / (np.abs(small).max() + 1e-6), [y / cell, x / cell], order=1)
 
+# %% ../nbs/01b_embedded.ipynb #7267bf36
 def pattern(appearance: str, y: np.ndarray, x: np.ndarray, centre: tuple[float, float], d: float,
             rng: np.random.Generator) -> np.ndarray:
     "The mixing field `t` in [0, 1] of `appearance` at the pixels `(y, x)`, in the object's frame."
@@ -195,6 +191,7 @@ def _pick_classes(rng: np.random.Generator) -> list[int]:
     if rng.random() < 0.15: chosen.append(chosen[0])  # a second instance
     return [c + 1 for c in chosen]
 
+# %% ../nbs/01b_embedded.ipynb #3b6b1f22
 def render(seed: int, k: int, size_range: tuple[int, int] = (129, 161)) -> tuple[np.ndarray, np.ndarray]:
     "Image `k` of the dataset of `seed`: a `uint8` RGB image `(H, W, 3)` and its class-id label `(H, W)`."
     rng = np.random.default_rng([seed, k])
@@ -255,21 +252,3 @@ def generate_embedded(root, seed: int = 0, n_train: int = 2400, n_test: int = 60
     (root / 'classes.txt').write_text('\n'.join(c['name'] for c in embedded_classes()) + '\n')
     (root / 'meta.json').write_text(json.dumps(meta))  # last: marks the dataset finished
     return root
-
-# %% ../nbs/01b_embedded.ipynb #123d3f5e
-def gallery(index: ClassIndex, n: int = 6, thumb: int = 96, classes: list[int] | None = None) -> Image.Image:
-    "One row per class (default: all) of up to `n` images of `index` with the target outlined."
-    classes = classes or list(range(1, index.n_classes + 1))
-    label_w = 130
-    sheet = Image.new('RGB', (label_w + n * (thumb + 4), len(classes) * (thumb + 4)), 'white')
-    draw = ImageDraw.Draw(sheet)
-    for row, c in enumerate(classes):
-        y = row * (thumb + 4)
-        draw.text((4, y + thumb // 2 - 6), f'{c}: {index.class_names[c - 1]}', fill='black')
-        for col, image_id in enumerate(index.images_of(c)[:n]):
-            img_path, lbl_path = index.paths(image_id)
-            img = np.array(Image.open(img_path).convert('RGB'))
-            target = np.asarray(Image.open(lbl_path)) == c
-            img[target ^ ndimage.binary_erosion(target)] = (255, 230, 0)
-            sheet.paste(Image.fromarray(img).resize((thumb, thumb)), (label_w + col * (thumb + 4), y))
-    return sheet

@@ -9,11 +9,12 @@ from typing import Mapping, Sequence
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .core import IGNORE, check_choice, check_positive
 from .modules import resize
 from .transforms import to_original
-from .train import to_device, episode_forward, autocast_dtype
+from .engine import to_device, episode_forward, autocast_dtype
 
 # %% auto #0
 __all__ = ['EMPTY_IOU', 'COUNT_COLUMNS', 'RECORD_COLUMNS', 'SCORINGS', 'MULTISCALE', 'PAPER_SCALES', 'BATCH_KEYS', 'N_SEEDS',
@@ -47,7 +48,7 @@ def episode_counts(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     total = lambda m: m.flatten(1).sum(1)
     return torch.stack([total(p1 & t1), total(p1 | t1), total(p0 & t0), total(p0 | t0), total(t1)], 1)
 
-# %% ../nbs/08_evaluate.ipynb #c287ba3f
+# %% ../nbs/08_evaluate.ipynb #e1e557b1
 RECORD_COLUMNS = ('episode', 'class_id', 'iou', 'fg_pixels', 'intersection', 'union')
 
 def _ints(x, n: int, name: str) -> list[int]:
@@ -67,75 +68,87 @@ class SegMetrics:
         self.fb_counts = torch.zeros(2, 2, dtype=torch.long, device=device)
         self.records_list: list[dict] = []
 
-    def update(self, pred, target, class_ids, episodes, query_ids=None) -> SegMetrics:
-        "Add (B, H, W) predictions (0/1) scored against labels (0/1/255) of episodes `episodes` of `class_ids`."
-        counts = episode_counts(pred, target).to(self.class_counts.device)
-        n = len(counts)
-        cids, eps = _ints(class_ids, n, 'class_ids'), _ints(episodes, n, 'episodes')
-        for c in cids:
-            if c not in self._pos: raise ValueError(f"class_id {c} is not one of the fold's classes {self.classes}")
-        idx = torch.tensor([self._pos[c] for c in cids], device=counts.device)
-        self.class_counts.index_add_(0, idx, torch.stack([counts[:, 0], counts[:, 1], torch.ones_like(idx)], 1))
-        self.fb_counts += torch.stack([counts[:, 2:4].sum(0), counts[:, 0:2].sum(0)])
-        qids = [None] * n if query_ids is None else list(query_ids)
-        if len(qids) != n: raise ValueError(f"query_ids has {len(qids)} entries; expected one per episode ({n})")
-        for (i, u, _, _, fg), c, e, q in zip(counts.tolist(), cids, eps, qids):
-            rec = dict(episode=e, class_id=c, iou=iou(i, u), fg_pixels=fg, intersection=i, union=u)
-            self.records_list.append(rec if q is None else {**rec, 'query_id': q})
-        return self
+# %% ../nbs/08_evaluate.ipynb #cc058958
+@patch
+def update(self: SegMetrics, pred, target, class_ids, episodes, query_ids=None) -> SegMetrics:
+    "Add (B, H, W) predictions (0/1) scored against labels (0/1/255) of episodes `episodes` of `class_ids`."
+    counts = episode_counts(pred, target).to(self.class_counts.device)
+    n = len(counts)
+    cids, eps = _ints(class_ids, n, 'class_ids'), _ints(episodes, n, 'episodes')
+    for c in cids:
+        if c not in self._pos: raise ValueError(f"class_id {c} is not one of the fold's classes {self.classes}")
+    idx = torch.tensor([self._pos[c] for c in cids], device=counts.device)
+    self.class_counts.index_add_(0, idx, torch.stack([counts[:, 0], counts[:, 1], torch.ones_like(idx)], 1))
+    self.fb_counts += torch.stack([counts[:, 2:4].sum(0), counts[:, 0:2].sum(0)])
+    qids = [None] * n if query_ids is None else list(query_ids)
+    if len(qids) != n: raise ValueError(f"query_ids has {len(qids)} entries; expected one per episode ({n})")
+    for (i, u, _, _, fg), c, e, q in zip(counts.tolist(), cids, eps, qids):
+        rec = dict(episode=e, class_id=c, iou=iou(i, u), fg_pixels=fg, intersection=i, union=u)
+        self.records_list.append(rec if q is None else {**rec, 'query_id': q})
+    return self
 
-    @property
-    def n_episodes(self) -> int: return int(self.class_counts[:, 2].sum())
+@patch(as_prop=True)
+def n_episodes(self: SegMetrics) -> int: return int(self.class_counts[:, 2].sum())
 
-    def counts(self) -> torch.Tensor:
-        "Every count as one flat long tensor (`class_counts`, then `fb_counts`), e.g. to `all_reduce`."
-        return torch.cat([self.class_counts.flatten(), self.fb_counts.flatten()])
+# %% ../nbs/08_evaluate.ipynb #3a29e565
+@patch
+def counts(self: SegMetrics) -> torch.Tensor:
+    "Every count as one flat long tensor (`class_counts`, then `fb_counts`), e.g. to `all_reduce`."
+    return torch.cat([self.class_counts.flatten(), self.fb_counts.flatten()])
 
-    @classmethod
-    def from_counts(cls, classes: Sequence[int], counts: torch.Tensor, records: Sequence[dict] = ()) -> SegMetrics:
-        "The accumulator of `classes` holding `counts` (as from `counts()`) and `records`."
-        m = cls(classes, device=counts.device)
-        n = m.counts().numel()
-        if counts.dtype != torch.long or tuple(counts.shape) != (n,):
-            raise ValueError(f"counts must be a flat long tensor of {n} entries for {len(m.classes)} classes, "
-                             f"got {counts.dtype} {tuple(counts.shape)}")
-        m.class_counts.copy_(counts[:-4].view(-1, 3)); m.fb_counts.copy_(counts[-4:].view(2, 2))
-        m.records_list = list(records)
-        return m
+@patch(cls_method=True)
+def from_counts(cls: SegMetrics, classes: Sequence[int], counts: torch.Tensor, records: Sequence[dict] = ()) -> SegMetrics:
+    "The accumulator of `classes` holding `counts` (as from `counts()`) and `records`."
+    m = cls(classes, device=counts.device)
+    n = m.counts().numel()
+    if counts.dtype != torch.long or tuple(counts.shape) != (n,):
+        raise ValueError(f"counts must be a flat long tensor of {n} entries for {len(m.classes)} classes, "
+                         f"got {counts.dtype} {tuple(counts.shape)}")
+    m.class_counts.copy_(counts[:-4].view(-1, 3)); m.fb_counts.copy_(counts[-4:].view(2, 2))
+    m.records_list = list(records)
+    return m
 
-    def __add__(self, other: SegMetrics) -> SegMetrics:
-        if not isinstance(other, SegMetrics) or other.classes != self.classes:
-            raise ValueError(f"can only add SegMetrics of the same classes {self.classes}, "
-                             f"got {getattr(other, 'classes', type(other).__name__)}")
-        return SegMetrics.from_counts(self.classes, self.counts() + other.counts().to(self.class_counts.device),
-                                      self.records_list + other.records_list)
+@patch
+def __add__(self: SegMetrics, other: SegMetrics) -> SegMetrics:
+    if not isinstance(other, SegMetrics) or other.classes != self.classes:
+        raise ValueError(f"can only add SegMetrics of the same classes {self.classes}, "
+                         f"got {getattr(other, 'classes', type(other).__name__)}")
+    return SegMetrics.from_counts(self.classes, self.counts() + other.counts().to(self.class_counts.device),
+                                  self.records_list + other.records_list)
 
-    def class_iou(self) -> dict[int, float | None]:
-        "IoU of each fold class from its summed counts; `None` for a class with no episode."
-        return {c: iou(i, u) if n else None for c, (i, u, n) in zip(self.classes, self.class_counts.tolist())}
+# %% ../nbs/08_evaluate.ipynb #cb33be60
+@patch
+def class_iou(self: SegMetrics) -> dict[int, float | None]:
+    "IoU of each fold class from its summed counts; `None` for a class with no episode."
+    return {c: iou(i, u) if n else None for c, (i, u, n) in zip(self.classes, self.class_counts.tolist())}
 
-    @property
-    def missing(self) -> list[int]:
-        "The fold classes with no episode."
-        return [c for c, v in self.class_iou().items() if v is None]
+@patch(as_prop=True)
+def missing(self: SegMetrics) -> list[int]:
+    "The fold classes with no episode."
+    return [c for c, v in self.class_iou().items() if v is None]
 
-    def _need_episodes(self, what: str):
-        if not self.n_episodes: raise ValueError(f"{what} needs at least one episode; none was accumulated")
+@patch
+def _need_episodes(self: SegMetrics, what: str):
+    if not self.n_episodes: raise ValueError(f"{what} needs at least one episode; none was accumulated")
 
-    def miou(self) -> float:
-        "Class mIoU: the mean of `class_iou` over the classes that had episodes."
-        self._need_episodes('class mIoU')
-        vals = [v for v in self.class_iou().values() if v is not None]
-        return sum(vals) / len(vals)
+# %% ../nbs/08_evaluate.ipynb #2d2697ee
+@patch
+def miou(self: SegMetrics) -> float:
+    "Class mIoU: the mean of `class_iou` over the classes that had episodes."
+    self._need_episodes('class mIoU')
+    vals = [v for v in self.class_iou().values() if v is not None]
+    return sum(vals) / len(vals)
 
-    def fb_iou(self) -> float:
-        "FB-IoU: mean of the background and foreground IoUs of the summed counts."
-        self._need_episodes('FB-IoU')
-        return sum(iou(i, u) for i, u in self.fb_counts.tolist()) / 2
+@patch
+def fb_iou(self: SegMetrics) -> float:
+    "FB-IoU: mean of the background and foreground IoUs of the summed counts."
+    self._need_episodes('FB-IoU')
+    return sum(iou(i, u) for i, u in self.fb_counts.tolist()) / 2
 
-    def records(self) -> pd.DataFrame:
-        "The per-episode records as a DataFrame (columns `RECORD_COLUMNS`, plus `query_id` when given)."
-        return pd.DataFrame(self.records_list, columns=None if self.records_list else list(RECORD_COLUMNS))
+@patch
+def records(self: SegMetrics) -> pd.DataFrame:
+    "The per-episode records as a DataFrame (columns `RECORD_COLUMNS`, plus `query_id` when given)."
+    return pd.DataFrame(self.records_list, columns=None if self.records_list else list(RECORD_COLUMNS))
 
 # %% ../nbs/08_evaluate.ipynb #d6e683ee
 SCORINGS = ('resized', 'original')
@@ -182,11 +195,22 @@ def predict_paper(model, batch: Mapping, scales: Sequence[int] = PAPER_SCALES) -
     total = sum(resize(resize(logits, (s, s)).softmax(1), (top, top)) for s in scales)
     return resize(total, batch['support_masks'].shape[-2:] if 'features' in batch else batch['query_img'].shape[-2:])
 
+# %% ../nbs/08_evaluate.ipynb #347c6e27
+def _cached_pyramid(model, batch: Mapping, scales: Sequence[int]) -> torch.Tensor:
+    "The pyramid from cached features: the batch's own size plus `batch['pyramid'][s]` for each other scale."
+    base = batch['support_masks'].shape[-2:]
+    levels = {base[0]: batch, **batch.get('pyramid', {})}
+    missing = [s for s in scales if s not in levels]
+    if missing:
+        raise ValueError(f"multiscale='pyramid' at sizes {list(scales)} needs cached features at every size; this batch "
+                         f"has {sorted(levels)} (missing {missing}: build the caches with `runs.eval_caches`)")
+    return sum(resize(_forward(model, {'features': levels[s]['features'], 'support_masks': levels[s]['support_masks']})
+                      .softmax(1), base) for s in scales)
+
 def predict_pyramid(model, batch: Mapping, scales: Sequence[int] = PAPER_SCALES) -> torch.Tensor:
-    "Input pyramid: the episode run at each `s x s` scale, softmaxes resized to the input size and summed."
-    if 'features' in batch:
-        raise ValueError("multiscale='pyramid' runs the episode at other input sizes, so it needs images; "
-                         "this batch holds cached features (use multiscale='single' or 'paper')")
+    """Input pyramid: the episode run at each `s x s` scale, softmaxes resized to the input size and summed. From
+    cached features, each scale's features come from the batch (`pyramid`, see the feature cache)."""
+    if 'features' in batch: return _cached_pyramid(model, batch, scales)
     q, imgs, masks = batch['query_img'], batch['support_imgs'], batch['support_masks']
     total = 0
     for s in scales:
@@ -196,6 +220,7 @@ def predict_pyramid(model, batch: Mapping, scales: Sequence[int] = PAPER_SCALES)
         total = total + resize(_forward(model, scaled).softmax(1), q.shape[-2:])
     return total
 
+# %% ../nbs/08_evaluate.ipynb #8c895288
 def predict(model, batch: Mapping, multiscale: str = 'single', scales: Sequence[int] = PAPER_SCALES) -> torch.Tensor:
     "(B, 2, H, W) scores of `multiscale` ('single', 'paper' or 'pyramid') at the input size."
     check_choice('multiscale', multiscale, MULTISCALE)
@@ -224,6 +249,7 @@ class EvalResult:
         return dict(class_iou={str(c): v for c, v in self.class_iou.items()}, miou=self.miou, fb_iou=self.fb_iou,
                     missing=self.missing, n_episodes=self.metrics.n_episodes)
 
+# %% ../nbs/08_evaluate.ipynb #1323077d
 BATCH_KEYS = ('query_mask', 'support_masks', 'class_id', 'episode')
 
 def evaluate(model, loader, classes: Sequence[int], scoring: str = 'resized', multiscale: str = 'single',

@@ -13,12 +13,12 @@ from .core import IGNORE
 from .data import (ClassIndex, DataSpec, DataError, TrainEpisodes, EvalEpisodes, load_index, read_image,
                           read_label, check_same_size, default_cache_dir)
 from .transforms import JointTransform
-from .model import SDAANet, ENCODED, _resize_masks, folded_backbone
+from .model import SDAANet, ENCODED, folded_backbone
 
 # %% auto #0
 __all__ = ['CACHE_FORMAT', 'FeatureCache', 'build_feature_cache', 'feature_cache', 'CachedTrainEpisodes', 'CachedEvalEpisodes']
 
-# %% ../nbs/06a_features.ipynb #d349734a
+# %% ../nbs/06a_features.ipynb #3f214765
 CACHE_FORMAT = 1
 
 class FeatureCache:
@@ -46,7 +46,7 @@ class FeatureCache:
         s3 = self.f3[s].float()
         feats = dict(q2=self.f2[q].float(), q3=self.f3[q].float(), q4=self.f4[q].float(), s2=self.f2[s].float(),
                      s3=s3, s4=self.s4[ps].float(),
-                     masks=_resize_masks((support_masks == 1).float()[None, :, None], s3.shape[-2:])[0])
+                     masks=SDAANet.resize_masks((support_masks == 1).float()[None, :, None], s3.shape[-2:])[0])
         return dict(features=feats, query_mask=self.masks[self._pair(query, class_id)].long(),
                     support_masks=support_masks, class_id=int(class_id), episode=int(e), query_id=query)
 
@@ -58,6 +58,7 @@ class FeatureCache:
     def from_state(cls, d: dict) -> FeatureCache:
         return cls(d['ids'], d['size'], d['f2'], d['f3'], d['f4'], d['pairs'], d['s4'], d['masks'], d['key'])
 
+# %% ../nbs/06a_features.ipynb #a490ef7c
 def build_feature_cache(model: SDAANet, index: ClassIndex, size: int, batch_size: int = 32,
                         dtype=torch.float16, progress: bool = True) -> FeatureCache:
     "Run `model`'s frozen encoder (BatchNorm folded) over every image and (image, class) pair of `index`."
@@ -83,12 +84,10 @@ def build_feature_cache(model: SDAANet, index: ClassIndex, size: int, batch_size
             f2s.append(f2.to('cpu', dtype)); f3s.append(f3.to('cpu', dtype)); f4s.append(backbone.high(f3).to('cpu', dtype))
             if pair_rows:
                 pm = torch.stack(pair_masks)
-                soft = _resize_masks((pm == 1).float()[:, None, None].to(device), f3.shape[-2:])[:, 0]
+                soft = SDAANet.resize_masks((pm == 1).float()[:, None, None].to(device), f3.shape[-2:])[:, 0]
                 s4s.append(backbone.high(f3[pair_rows] * soft).to('cpu', dtype)); masks.append(pm)
     return FeatureCache(index.ids, size, torch.cat(f2s), torch.cat(f3s), torch.cat(f4s), pairs, torch.cat(s4s),
                         torch.cat(masks))
-
-
 
 # %% ../nbs/06a_features.ipynb #98be6dc6
 def _cache_key(model: SDAANet, index: ClassIndex, size: int) -> str:
@@ -124,7 +123,15 @@ class CachedTrainEpisodes(TrainEpisodes):
     def episode(self, e, query, class_id, supports): return self.cache.episode(e, query, class_id, supports)
 
 class CachedEvalEpisodes(EvalEpisodes):
-    "`EvalEpisodes` of an explicit episode list served from `cache`."
-    def __init__(self, cache: FeatureCache, index: ClassIndex, episodes: list[dict]):
-        super().__init__(index, episodes, transform=None); self.cache = cache
-    def episode(self, e, query, class_id, supports): return self.cache.episode(e, query, class_id, supports)
+    """`EvalEpisodes` of an explicit episode list served from `cache`; with `pyramid` (caches of the same images at
+    other sizes, by size) each item also holds `pyramid[size]` = that size's `features` and `support_masks`, for
+    image-level multi-scale inference."""
+    def __init__(self, cache: FeatureCache, index: ClassIndex, episodes: list[dict], pyramid: dict | None = None):
+        super().__init__(index, episodes, transform=None); self.cache, self.pyramid = cache, pyramid or {}
+
+    def episode(self, e, query, class_id, supports):
+        item = self.cache.episode(e, query, class_id, supports)
+        if self.pyramid:
+            item['pyramid'] = {s: {k: v for k, v in c.episode(e, query, class_id, supports).items()
+                                   if k in ('features', 'support_masks')} for s, c in self.pyramid.items()}
+        return item

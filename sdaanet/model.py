@@ -4,6 +4,7 @@
 
 # %% ../nbs/05_model.ipynb #acef50e6
 from __future__ import annotations
+from fastcore.basics import patch
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -17,10 +18,6 @@ __all__ = ['ENCODED', 'SDAANet', 'fold_batchnorm', 'folded_backbone', 'inference
 
 # %% ../nbs/05_model.ipynb #903089c0
 ENCODED = ('q2', 'q3', 'q4', 's2', 's3', 's4', 'masks')   # the frozen encoder's outputs, in `encode`'s order
-
-def _resize_masks(masks: torch.Tensor, size) -> torch.Tensor:
-    "(B, K, 1, h, w) masks resized to `size` (bilinear, align_corners=True)."
-    return resize(masks.flatten(0, 1), size).unflatten(0, masks.shape[:2])
 
 def _check_inputs(query_img, support_imgs, support_masks, query_mask):
     "Shape checks with errors that say what was expected."
@@ -36,7 +33,7 @@ def _check_inputs(query_img, support_imgs, support_masks, query_mask):
         raise ValueError(f"query_mask must be {(B,) + tuple(query_img.shape[2:])} (B, H, W), "
                          f"got {tuple(query_mask.shape)}")
 
-# %% ../nbs/05_model.ipynb #6ddcfc73
+# %% ../nbs/05_model.ipynb #db543854
 class SDAANet(nn.Module):
     "SD-AANet (and its ablations) for few-shot segmentation; see `ModelConfig` for the switches."
     def __init__(self, cfg: ModelConfig | None = None, **overrides):
@@ -57,84 +54,114 @@ class SDAANet(nn.Module):
         if self.cfg.backbone_bn == 'frozen': self.backbone.eval()
         return self
 
-    def _grouped(self, fn, groups):
-        "`fn` on the image groups in one batch, or group by group when batch statistics or sizes forbid it."
-        separate = (self.training and self.cfg.backbone_bn == 'train') or len({g.shape[1:] for g in groups}) > 1
-        if separate: return [fn(g) for g in groups]
-        out = fn(torch.cat(groups))
-        sizes = [len(g) for g in groups]
-        if isinstance(out, tuple): return list(zip(*(o.split(sizes) for o in out)))
-        return list(out.split(sizes))
-
-    def encode(self, query_img, support_imgs, support_masks, backbone: nn.Module | None = None):
-        """Frozen encoder. Returns q2, q3, q4 (B, C, h, w), supports s2, s3, s4 (B, K, C, h, w) and the support
-        masks at feature size (B, K, 1, h, w). `backbone` replaces `self.backbone` (e.g. `folded_backbone(self)`)."""
-        with torch.no_grad():
-            bb = backbone or self.backbone
-            feats = self._grouped(bb.features, [query_img] + list(support_imgs.unbind(1)))
-            (q2, q3), s2, s3 = feats[0], *(torch.stack(t, 1) for t in zip(*feats[1:]))
-            masks = _resize_masks((support_masks == 1).float()[:, :, None], s3.shape[-2:])
-            highs = self._grouped(bb.high, [q3] + list((s3 * masks).unbind(1)))
-            q4, s4 = highs[0], torch.stack(highs[1:], 1)
-        return q2, q3, q4, s2, s3, s4, masks
-
-    def forward(self, query_img=None, support_imgs=None, support_masks=None, query_mask=None,
-                return_maps: bool = False, features: dict | None = None):
-        """query_img (B,3,H,W); support_imgs (B,K,3,H',W'); support_masks (B,K,H',W') with 0/1/255; query_mask
-        (B,H,W) optional, used only for the training losses. Instead of the images, `features` may hold `encode`'s
-        tensors by name (`ENCODED`, e.g. from a feature cache); the output size is then the support masks' (H', W').
-        Returns a dict: `logits` (B,2,H,W); `losses` (main, aux, kd, support, total) in training mode when
-        `query_mask` is given; `maps` when `return_maps`."""
-        if features is None:
-            _check_inputs(query_img, support_imgs, support_masks, query_mask)
-            out_size, encoded = query_img.shape[-2:], self.encode(query_img, support_imgs, support_masks)
-        else:
-            missing = [k for k in ENCODED if k not in features]
-            if missing or query_img is not None or support_imgs is not None:
-                raise ValueError(f"features must hold {ENCODED} (missing {missing}) and come without images")
-            out_size, encoded = support_masks.shape[-2:], [features[k] for k in ENCODED]
-        if self.training and self.saam is not None and support_masks.shape[0] < 2:
-            raise ValueError("training with SAAM needs a batch of at least 2 episodes: the 1x1 bin of its pyramid "
-                             "pooling has BatchNorm, which cannot use batch statistics of a single value")
-        return self.head(out_size, *encoded, support_masks=support_masks, query_mask=query_mask,
-                         return_maps=return_maps)
-
-    def head(self, out_size, q2, q3, q4, s2, s3, s4, masks, support_masks=None, query_mask=None,
-             return_maps: bool = False):
-        """Everything after the frozen encoder (steps 2-6), from `encode`'s tensors; `out_size` is the query's
-        (H, W). `support_masks` (full resolution) and `query_mask` are needed only for the training losses."""
-        cfg, (H, W) = self.cfg, out_size
-        query_feat = self.reduce_query(torch.cat([q3, q2], 1))
-        supp_feats = self.reduce_support(torch.cat([s3, s2], 2).flatten(0, 1)).unflatten(0, s3.shape[:2])
-        size = query_feat.shape[-2:]
-        protos = masked_gap(supp_feats, masks)                                      # (B, K, C)
-
-        priors = [prior_mask(q4, s4, _resize_masks(masks, s4.shape[-2:]), size)]
-        attention = self.saam.attention(query_feat, protos.mean(1)) if self.saam else None
-        if attention is not None: priors.append(attention)
-
-        with_losses = self.training and query_mask is not None
-        kd = None
-        if self.sdpm:
-            qm = F.interpolate((query_mask == 1).float()[:, None], size=size, mode='nearest') if with_losses else None
-            query_feat, proto, shot_protos, supp_feats_out, kd = self.sdpm(query_feat, supp_feats, masks, qm)
-        else:
-            proto, shot_protos, supp_feats_out = protos.mean(1), protos, supp_feats
-
-        logits, aux = self.decoder(query_feat, proto, torch.cat(priors, 1), aux=with_losses)
-        out = {'logits': resize(logits, (H, W))}
-        if with_losses:
-            support_logits = self.saam.support_logits(supp_feats, protos) if self.saam else None
-            out['losses'] = loss_terms(out['logits'], aux, query_mask, kd, support_logits, support_masks,
-                                       cfg.alpha, cfg.beta, cfg.aux_weight, cfg.fg_weight)
-        if return_maps:
-            out['maps'] = dict(prior=priors[0], attention=attention, prototype=proto, shot_prototypes=shot_protos,
-                               support_feats=supp_feats_out, support_masks=masks)
-        return out
-
     def trainable_parameters(self):
         "The parameters the optimiser updates (everything but the frozen backbone)."
         return [p for p in self.parameters() if p.requires_grad]
+
+    @staticmethod
+    def resize_masks(masks: torch.Tensor, size) -> torch.Tensor:
+        "(B, K, 1, h, w) masks resized to `size` (bilinear, align_corners=True), as the encoder and the heads see them."
+        return resize(masks.flatten(0, 1), size).unflatten(0, masks.shape[:2])
+
+
+# %% ../nbs/05_model.ipynb #8a005e6a
+@patch
+def _grouped(self: SDAANet, fn, groups):
+    "`fn` on the image groups in one batch, or group by group when batch statistics or sizes forbid it."
+    separate = (self.training and self.cfg.backbone_bn == 'train') or len({g.shape[1:] for g in groups}) > 1
+    if separate: return [fn(g) for g in groups]
+    out = fn(torch.cat(groups))
+    sizes = [len(g) for g in groups]
+    if isinstance(out, tuple): return list(zip(*(o.split(sizes) for o in out)))
+    return list(out.split(sizes))
+
+@patch
+def encode_query(self: SDAANet, query_img, backbone: nn.Module | None = None):
+    "The query's layer2, layer3 and layer4 features (B, C, h, w); `backbone` replaces `self.backbone`."
+    bb = backbone or self.backbone
+    with torch.no_grad():
+        q2, q3 = bb.features(query_img)
+        return q2, q3, bb.high(q3)
+
+@patch
+def encode_support(self: SDAANet, support_imgs, support_masks, backbone: nn.Module | None = None):
+    """The supports' layer2, layer3 and masked layer4 features (B, K, C, h, w) and the masks at feature size
+    (B, K, 1, h, w); `backbone` replaces `self.backbone`."""
+    bb = backbone or self.backbone
+    with torch.no_grad():
+        s2, s3 = (torch.stack(t, 1) for t in zip(*self._grouped(bb.features, list(support_imgs.unbind(1)))))
+        masks = self.resize_masks((support_masks == 1).float()[:, :, None], s3.shape[-2:])
+        s4 = torch.stack(self._grouped(bb.high, list((s3 * masks).unbind(1))), 1)
+    return s2, s3, s4, masks
+
+@patch
+def encode(self: SDAANet, query_img, support_imgs, support_masks, backbone: nn.Module | None = None):
+    """Both halves in one batched pass: q2, q3, q4 (B, C, h, w), s2, s3, s4 (B, K, C, h, w) and the support masks at
+    feature size (B, K, 1, h, w), in `ENCODED`'s order. `backbone` replaces `self.backbone` (e.g. `folded_backbone`)."""
+    bb = backbone or self.backbone
+    with torch.no_grad():
+        feats = self._grouped(bb.features, [query_img] + list(support_imgs.unbind(1)))
+        (q2, q3), s2, s3 = feats[0], *(torch.stack(t, 1) for t in zip(*feats[1:]))
+        masks = self.resize_masks((support_masks == 1).float()[:, :, None], s3.shape[-2:])
+        highs = self._grouped(bb.high, [q3] + list((s3 * masks).unbind(1)))
+    return q2, q3, highs[0], s2, s3, torch.stack(highs[1:], 1), masks
+
+# %% ../nbs/05_model.ipynb #e943759e
+@patch
+def forward(self: SDAANet, query_img=None, support_imgs=None, support_masks=None, query_mask=None,
+            return_maps: bool = False, features: dict | None = None):
+    """query_img (B,3,H,W); support_imgs (B,K,3,H',W'); support_masks (B,K,H',W') with 0/1/255; query_mask
+    (B,H,W) optional, used only for the training losses. Instead of the images, `features` may hold `encode`'s
+    tensors by name (`ENCODED`, e.g. from a feature cache); the output size is then the support masks' (H', W').
+    Returns a dict: `logits` (B,2,H,W); `losses` (main, aux, kd, support, total) in training mode when
+    `query_mask` is given; `maps` when `return_maps`."""
+    if features is None:
+        _check_inputs(query_img, support_imgs, support_masks, query_mask)
+        out_size, encoded = query_img.shape[-2:], self.encode(query_img, support_imgs, support_masks)
+    else:
+        missing = [k for k in ENCODED if k not in features]
+        if missing or query_img is not None or support_imgs is not None:
+            raise ValueError(f"features must hold {ENCODED} (missing {missing}) and come without images")
+        out_size, encoded = support_masks.shape[-2:], [features[k] for k in ENCODED]
+    if self.training and self.saam is not None and support_masks.shape[0] < 2:
+        raise ValueError("training with SAAM needs a batch of at least 2 episodes: the 1x1 bin of its pyramid "
+                         "pooling has BatchNorm, which cannot use batch statistics of a single value")
+    return self.head(out_size, *encoded, support_masks=support_masks, query_mask=query_mask, return_maps=return_maps)
+
+# %% ../nbs/05_model.ipynb #02d40e0e
+@patch
+def head(self: SDAANet, out_size, q2, q3, q4, s2, s3, s4, masks, support_masks=None, query_mask=None,
+         return_maps: bool = False):
+    """Everything after the frozen encoder (steps 2-6), from `encode`'s tensors; `out_size` is the query's
+    (H, W). `support_masks` (full resolution) and `query_mask` are needed only for the training losses."""
+    cfg, (H, W) = self.cfg, out_size
+    query_feat = self.reduce_query(torch.cat([q3, q2], 1))
+    supp_feats = self.reduce_support(torch.cat([s3, s2], 2).flatten(0, 1)).unflatten(0, s3.shape[:2])
+    size = query_feat.shape[-2:]
+    protos = masked_gap(supp_feats, masks)                                      # (B, K, C)
+
+    priors = [prior_mask(q4, s4, self.resize_masks(masks, s4.shape[-2:]), size)]
+    attention = self.saam.attention(query_feat, protos.mean(1)) if self.saam else None
+    if attention is not None: priors.append(attention)
+
+    with_losses = self.training and query_mask is not None
+    kd = None
+    if self.sdpm:
+        qm = F.interpolate((query_mask == 1).float()[:, None], size=size, mode='nearest') if with_losses else None
+        query_feat, proto, shot_protos, supp_feats_out, kd = self.sdpm(query_feat, supp_feats, masks, qm)
+    else:
+        proto, shot_protos, supp_feats_out = protos.mean(1), protos, supp_feats
+
+    logits, aux = self.decoder(query_feat, proto, torch.cat(priors, 1), aux=with_losses)
+    out = {'logits': resize(logits, (H, W))}
+    if with_losses:
+        support_logits = self.saam.support_logits(supp_feats, protos) if self.saam else None
+        out['losses'] = loss_terms(out['logits'], aux, query_mask, kd, support_logits, support_masks,
+                                   cfg.alpha, cfg.beta, cfg.aux_weight, cfg.fg_weight)
+    if return_maps:
+        out['maps'] = dict(prior=priors[0], attention=attention, prototype=proto, shot_prototypes=shot_protos,
+                           support_feats=supp_feats_out, support_masks=masks)
+    return out
 
 # %% ../nbs/05_model.ipynb #175be8f3
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:

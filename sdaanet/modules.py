@@ -11,7 +11,7 @@ from .core import check_choice, VARIANTS, KSHOT_STRATEGIES
 
 # %% auto #0
 __all__ = ['GAP_EPS', 'OFFICIAL_KD_T', 'OFFICIAL_KD_SCALE', 'PRIOR_EPS', 'resize', 'masked_gap', 'SupportSE', 'channel_scale',
-           'kd_loss_paper', 'kd_loss_official', 'SDPM', 'expand_proto', 'conv_cat', 'PyramidPooling', 'SAAM',
+           'kd_loss_paper', 'kd_loss_official', 'SDPM', 'PyramidPooling', 'SAAM', 'expand_proto', 'conv_cat',
            'prior_mask', 'bin_size', 'FeatureEnrichmentDecoder', 'prototype_similarity']
 
 # %% ../nbs/03_modules.ipynb #694295a8
@@ -93,6 +93,46 @@ class SDPM(nn.Module):
         return query_out, shot_protos.mean(1), shot_protos, supp_rw, kd
 
 # %% ../nbs/03_modules.ipynb #abe6e70c
+class PyramidPooling(nn.Module):
+    "PSPNet's PPM: adaptive pools at `bins`, 1x1 conv + BN + ReLU each, concat with the input, 3x3 bottleneck."
+    def __init__(self, in_dim: int, out_dim: int, bins=(1, 2, 3, 6), dropout: float = 0.1):
+        super().__init__()
+        mid = in_dim // len(bins)
+        self.stages = nn.ModuleList(
+            nn.Sequential(nn.AdaptiveAvgPool2d(b), nn.Conv2d(in_dim, mid, 1, bias=False), nn.BatchNorm2d(mid),
+                          nn.ReLU(inplace=True)) for b in bins)
+        self.bottleneck = nn.Sequential(
+            nn.Conv2d(in_dim + mid * len(bins), out_dim, 3, padding=1, bias=False), nn.BatchNorm2d(out_dim),
+            nn.ReLU(inplace=True), nn.Dropout2d(dropout))
+
+    def forward(self, x):
+        parts = [x] + [stage(x) for stage in self.stages]      # the bins enter resized to x's size (`conv_cat`)
+        return self.bottleneck[1:](conv_cat(self.bottleneck[0], parts, x.shape[-2:]))
+
+# %% ../nbs/03_modules.ipynb #1497d394
+class SAAM(nn.Module):
+    "Supervised affinity attention module: support prediction (training) and query attention map."
+    def __init__(self, dim: int, hidden: int = 1024, bins=(1, 2, 3, 6)):
+        super().__init__()
+        self.extractor = nn.Sequential(nn.Conv2d(2 * dim, hidden, 3, padding=1), nn.ReLU(inplace=True),
+                                       PyramidPooling(hidden, dim, bins))
+        self.support_head = nn.Conv2d(dim, 2, 1)
+        self.query_head = nn.Conv2d(dim, 1, 1)
+
+    def _extract(self, feat, proto):
+        "The shared trunk on `cat([feat, expand_proto(proto)])` (computed by `conv_cat`)."
+        return self.extractor[1:](conv_cat(self.extractor[0], [feat, proto], feat.shape[-2:]))
+
+    def attention(self, query_feat, proto):
+        "Query attention map (B, 1, h, w) from the query feature and the mean support prototype."
+        return self.query_head(self._extract(query_feat, proto))
+
+    def support_logits(self, supp_feats, shot_protos):
+        "Support predictions (B, K, 2, h, w), one per shot (Eq. 10-11 supervise them)."
+        return torch.stack([self.support_head(self._extract(supp_feats[:, i], shot_protos[:, i]))
+                            for i in range(supp_feats.shape[1])], 1)
+
+# %% ../nbs/03_modules.ipynb #0a9d5ad4
 def expand_proto(proto: torch.Tensor, size) -> torch.Tensor:
     "(B, C) prototype -> (B, C, *size) constant map."
     return proto[..., None, None].expand(*proto.shape, *size)
@@ -119,44 +159,6 @@ def conv_cat(conv: nn.Conv2d, parts, size) -> torch.Tensor:
     out = F.conv2d(x, w, conv.bias, conv.stride, conv.padding, conv.dilation)
     for p, w in small: out = out + _small_part(conv, p, w, size).view(out.shape)
     return out
-
-class PyramidPooling(nn.Module):
-    "PSPNet's PPM: adaptive pools at `bins`, 1x1 conv + BN + ReLU each, concat with the input, 3x3 bottleneck."
-    def __init__(self, in_dim: int, out_dim: int, bins=(1, 2, 3, 6), dropout: float = 0.1):
-        super().__init__()
-        mid = in_dim // len(bins)
-        self.stages = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(b), nn.Conv2d(in_dim, mid, 1, bias=False), nn.BatchNorm2d(mid),
-                          nn.ReLU(inplace=True)) for b in bins)
-        self.bottleneck = nn.Sequential(
-            nn.Conv2d(in_dim + mid * len(bins), out_dim, 3, padding=1, bias=False), nn.BatchNorm2d(out_dim),
-            nn.ReLU(inplace=True), nn.Dropout2d(dropout))
-
-    def forward(self, x):
-        parts = [x] + [stage(x) for stage in self.stages]      # the bins enter resized to x's size (`conv_cat`)
-        return self.bottleneck[1:](conv_cat(self.bottleneck[0], parts, x.shape[-2:]))
-
-class SAAM(nn.Module):
-    "Supervised affinity attention module: support prediction (training) and query attention map."
-    def __init__(self, dim: int, hidden: int = 1024, bins=(1, 2, 3, 6)):
-        super().__init__()
-        self.extractor = nn.Sequential(nn.Conv2d(2 * dim, hidden, 3, padding=1), nn.ReLU(inplace=True),
-                                       PyramidPooling(hidden, dim, bins))
-        self.support_head = nn.Conv2d(dim, 2, 1)
-        self.query_head = nn.Conv2d(dim, 1, 1)
-
-    def _extract(self, feat, proto):
-        "The shared trunk on `cat([feat, expand_proto(proto)])` (computed by `conv_cat`)."
-        return self.extractor[1:](conv_cat(self.extractor[0], [feat, proto], feat.shape[-2:]))
-
-    def attention(self, query_feat, proto):
-        "Query attention map (B, 1, h, w) from the query feature and the mean support prototype."
-        return self.query_head(self._extract(query_feat, proto))
-
-    def support_logits(self, supp_feats, shot_protos):
-        "Support predictions (B, K, 2, h, w), one per shot (Eq. 10-11 supervise them)."
-        return torch.stack([self.support_head(self._extract(supp_feats[:, i], shot_protos[:, i]))
-                            for i in range(supp_feats.shape[1])], 1)
 
 # %% ../nbs/03_modules.ipynb #85b3691d
 PRIOR_EPS = 1e-7

@@ -10,20 +10,20 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.distributed as dist
-from .core import ModelConfig, Settings, check_choice, check_positive, model_config
+from .core import ModelConfig, Settings, check_choice, check_positive, model_config, preset_section, seed_everything
 from .data import DataSpec, DATASETS, EvalEpisodes, TrainEpisodes, split_validation, TEST_EPISODES, load_index, make_episode_list, save_episode_list
 from .model import SDAANet, inference_copy
 from .features import feature_cache, CachedTrainEpisodes, CachedEvalEpisodes
 from .checkpoints import load_checkpoint, load_official_checkpoint
-from .train import TrainConfig, train_config, train, resolve_device, init_distributed, AMP_MODES
-from .evaluate import EvalResult, SegMetrics, evaluate, aggregate_seeds, eval_seeds, SCORINGS, MULTISCALE
+from .train import TrainConfig, train_config, train
+from .engine import resolve_device, init_distributed, AMP_MODES
+from .evaluate import EvalResult, SegMetrics, evaluate, aggregate_seeds, eval_seeds, SCORINGS, MULTISCALE, PAPER_SCALES
 
 # %% auto #0
-__all__ = ['SECTIONS', 'RUN_PRESETS', 'EvalConfig', 'RunConfig', 'run_config', 'parse_overrides', 'data_spec',
-           'evaluate_episodes', 'run_eval', 'run_train', 'read_support_mask', 'predict_images', 'write_prediction',
-           'predict_files']
+__all__ = ['SECTIONS', 'EvalConfig', 'RunConfig', 'run_config', 'parse_overrides', 'data_spec', 'evaluate_episodes',
+           'eval_scales', 'eval_caches', 'run_eval', 'run_train']
 
-# %% ../nbs/09_runs.ipynb #a919508d
+# %% ../nbs/09_runs.ipynb #00d0bed6
 @dataclass
 class EvalConfig(Settings):
     "How a run is evaluated: `seeds` rounds of test episodes from `first_seed` (the paper's five rounds: 5)."
@@ -33,6 +33,7 @@ class EvalConfig(Settings):
     episodes: int | None = None      # per fold and seed; None: 1000 PASCAL, 4000 COCO, 1000 embedded
     scoring: str = 'resized'         # 'resized' (released) | 'original' (paper; needs protocol='paper')
     multiscale: str = 'single'       # 'single' | 'paper' | 'pyramid' (Table IV)
+    scales: tuple | None = None      # the multi-scale sizes; None: (321, 473), the paper's
     size: int | None = None          # evaluation input size; None: the protocol's
     batch_size: int = 1
     workers: int = 2
@@ -44,7 +45,12 @@ class EvalConfig(Settings):
         if self.size is not None: check_positive('size', self.size, integer=True)
         check_choice('scoring', self.scoring, SCORINGS); check_choice('multiscale', self.multiscale, MULTISCALE)
         check_choice('amp', self.amp, AMP_MODES)
+        if self.scales is not None:
+            self.scales = tuple(self.scales)
+            if not self.scales: raise ValueError("scales=() is not allowed; expected at least one size")
+            for s in self.scales: check_positive('scales entry', s, integer=True)
 
+# %% ../nbs/09_runs.ipynb #ebbba1ac
 SECTIONS = {'model': ModelConfig, 'train': TrainConfig, 'eval': EvalConfig}
 
 @dataclass
@@ -73,10 +79,9 @@ class RunConfig:
         if self.model.shots != self.shots: self.model = self.model.replace(shots=self.shots)
         if not isinstance(self.cache_features, bool):
             raise ValueError(f"cache_features={self.cache_features!r} is not allowed; expected True or False")
-        if self.cache_features and (self.protocol != 'official' or self.eval.multiscale == 'pyramid'):
-            raise ValueError("cache_features=True needs protocol='official' and eval.multiscale 'single' or 'paper' "
-                             f"(got protocol={self.protocol!r}, eval.multiscale={self.eval.multiscale!r}): the cache "
-                             "holds the features of one resized input per image")
+        if self.cache_features and self.protocol != 'official':
+            raise ValueError(f"cache_features=True needs protocol='official' (got protocol={self.protocol!r}): the "
+                             "cache holds the features of square resized inputs")
 
     def to_dict(self) -> dict: return json.loads(json.dumps(asdict(self)))
 
@@ -89,19 +94,13 @@ class RunConfig:
             if key not in known: raise ValueError(f"unknown run setting {key!r}; expected one of {sorted(known)}")
         return cls(**d, **sections)
 
-RUN_PRESETS = {
-    'pascal': dict(dataset='pascal', data_root='data/VOCdevkit/VOC2012'),
-    'coco': dict(dataset='coco', data_root='data/coco'),
-    'embedded': dict(dataset='embedded', data_root='data/embedded', eval=dict(episodes=300, workers=2)),
-}
-
+# %% ../nbs/09_runs.ipynb #26dbe025
 def run_config(preset: str = 'embedded', **overrides) -> RunConfig:
     "The `preset`'s run with `overrides`: top-level keys, or dicts for the `model`, `train` and `eval` sections."
-    check_choice('preset', preset, RUN_PRESETS)
-    base = {**RUN_PRESETS[preset], 'preset': preset}
-    sections = {'model': asdict(model_config(preset)), 'train': asdict(train_config(preset)), 'eval': {}}
-    for key in SECTIONS:
-        sections[key] = {**sections[key], **base.pop(key, {}), **overrides.pop(key, {})}
+    base = {**preset_section(preset, 'run'), 'preset': preset}
+    sections = {'model': asdict(model_config(preset)), 'train': asdict(train_config(preset)),
+                'eval': dict(preset_section(preset, 'eval'))}
+    for key in SECTIONS: sections[key] = {**sections[key], **overrides.pop(key, {})}
     return RunConfig.from_dict({**base, **overrides, **sections})
 
 def parse_overrides(items: list[str]) -> dict:
@@ -131,7 +130,7 @@ def _write_config(cfg: RunConfig, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / 'config.json').write_text(json.dumps(cfg.to_dict(), indent=1))
 
-# %% ../nbs/09_runs.ipynb #196621b2
+# %% ../nbs/09_runs.ipynb #edafaa17
 def _all_ranks(metrics: SegMetrics, classes, world: int) -> SegMetrics:
     "Sum the counts and gather the records of every rank."
     if world == 1: return metrics
@@ -143,21 +142,37 @@ def _all_ranks(metrics: SegMetrics, classes, world: int) -> SegMetrics:
     return SegMetrics.from_counts(classes, counts.cpu(), merged)
 
 def evaluate_episodes(model, cfg: RunConfig, episodes: list[dict], index=None, device=None, progress: bool = False,
-                      cache=None) -> EvalResult:
+                      cache=None, pyramid=None) -> EvalResult:
     """Score `model` on an explicit episode list of `index` (default: `cfg`'s test split), sharded when run under
-    torchrun, from the images or from `cache` (a `FeatureCache` of that split)."""
+    torchrun, from the images or from `cache` (a `FeatureCache` of that split; `pyramid`: the caches at the other
+    multi-scale sizes, by size)."""
     spec = data_spec(cfg, 'test')
     index = load_index(spec, progress=progress) if index is None else index
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     mine = episodes[rank::world]
-    dataset = CachedEvalEpisodes(cache, index, mine) if cache is not None else EvalEpisodes(index, mine, spec.transform())
+    dataset = CachedEvalEpisodes(cache, index, mine, pyramid) if cache is not None else EvalEpisodes(index, mine, spec.transform())
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.eval.batch_size, num_workers=cfg.eval.workers,
                                          pin_memory=device is not None and device.type == 'cuda')
     classes = index.classes(cfg.fold)
-    local = evaluate(model, loader, classes, cfg.eval.scoring, cfg.eval.multiscale, progress=progress and rank == 0,
-                     amp=cfg.eval.amp)
+    local = evaluate(model, loader, classes, cfg.eval.scoring, cfg.eval.multiscale, eval_scales(cfg),
+                     progress=progress and rank == 0, amp=cfg.eval.amp)
     return EvalResult.from_metrics(_all_ranks(local.metrics, classes, world))
 
+def eval_scales(cfg: RunConfig) -> tuple[int, ...]:
+    "The multi-scale sizes of `cfg` (`eval.scales`, else the paper's 321 and 473)."
+    return cfg.eval.scales or PAPER_SCALES
+
+def eval_caches(model: SDAANet, cfg: RunConfig, index, progress: bool = False):
+    """The feature cache of the test split at the evaluation size and, for `pyramid` multi-scale, the caches at the
+    other scales (by size); (None, None) without `cache_features`."""
+    if not cfg.cache_features: return None, None
+    spec = data_spec(cfg, 'test')
+    cache = feature_cache(model, spec, index, progress=progress)
+    if cfg.eval.multiscale != 'pyramid': return cache, None
+    return cache, {s: feature_cache(model, dataclasses.replace(spec, size=s), index, progress=progress)
+                   for s in eval_scales(cfg) if s != cache.size}
+
+# %% ../nbs/09_runs.ipynb #63899ec2
 def run_eval(cfg: RunConfig, out_dir, model: SDAANet | None = None, checkpoint=None, released=None,
              device: str | None = None, progress: bool = True) -> dict:
     """Evaluate a model (given, our `checkpoint`, a `released` checkpoint, or else the run's own selected
@@ -171,9 +186,8 @@ def run_eval(cfg: RunConfig, out_dir, model: SDAANet | None = None, checkpoint=N
             name = 'last.pth' if cfg.train.select == 'last' else 'best.pth'
             model, _ = load_checkpoint(checkpoint or out_dir / 'checkpoints' / name)
     fast = inference_copy(model.to(dev))
-    spec = data_spec(cfg, 'test')
-    index = load_index(spec, progress=progress and rank == 0)
-    cache = feature_cache(model, spec, index, progress=progress and rank == 0) if cfg.cache_features else None
+    index = load_index(data_spec(cfg, 'test'), progress=progress and rank == 0)
+    cache, pyramid = eval_caches(model, cfg, index, progress and rank == 0)
     n = cfg.eval.episodes or TEST_EPISODES[cfg.dataset]
     results, t0 = {}, time.perf_counter()
     for seed in eval_seeds(cfg.eval.seeds, cfg.eval.first_seed):
@@ -181,7 +195,7 @@ def run_eval(cfg: RunConfig, out_dir, model: SDAANet | None = None, checkpoint=N
         if rank == 0:
             save_episode_list(out_dir / 'episodes' / f'seed{seed}.json', episodes, dataset=cfg.dataset,
                               fold=cfg.fold, shots=cfg.shots, seed=seed)
-        results[seed] = evaluate_episodes(fast, cfg, episodes, index, dev, progress, cache)
+        results[seed] = evaluate_episodes(fast, cfg, episodes, index, dev, progress, cache, pyramid)
     rows, summary = aggregate_seeds(results)
     out = {'miou': float(summary.query("metric == 'mIoU'")['mean'].iloc[0]),
            'miou_std': float(summary.query("metric == 'mIoU'")['std'].iloc[0]),
@@ -202,13 +216,14 @@ def run_train(cfg: RunConfig, out_dir, resume: bool = False, stop_after: int | N
     "Train `cfg` into `out_dir` (see `sdaanet.train.train`); returns the training summary."
     out_dir = Path(out_dir)
     _write_config(cfg, out_dir)
+    seed_everything(cfg.train.seed)                     # the head's initial weights are part of the seed's result
     model = SDAANet(cfg.model)
     train_spec = data_spec(cfg, 'train')
     index = load_index(train_spec, progress=progress)
     cache = feature_cache(model, train_spec, index, progress) if cfg.cache_features else None
-    validate, n_val = None, cfg.eval.episodes or TEST_EPISODES[cfg.dataset]
-    if cfg.train.select == 'val':
-        index, val_index = split_validation(index, cfg.train.val_fraction, cfg.train.seed)
+    validate, n_val = None, cfg.train.val_episodes or cfg.eval.episodes or TEST_EPISODES[cfg.dataset]
+    if cfg.train.select == 'val':    # the same held-out images for every training seed
+        index, val_index = split_validation(index, cfg.train.val_fraction, cfg.eval.first_seed)
         episodes = make_episode_list(val_index, cfg.fold, n_val, cfg.shots, cfg.eval.first_seed)
         validate = lambda m: evaluate_episodes(inference_copy(m), cfg, episodes, val_index, cache=cache).miou
     elif cfg.train.select == 'best-test':
@@ -221,81 +236,3 @@ def run_train(cfg: RunConfig, out_dir, resume: bool = False, stop_after: int | N
                else TrainEpisodes(index, cfg.fold, cfg.shots, train_spec.transform()))
     return train(model, dataset, cfg.train, out_dir, resume=resume, stop_after=stop_after, validate=validate,
                  run_config=cfg.to_dict(), progress=progress)
-
-# %% ../nbs/09_runs.ipynb #0f99a05a
-import numpy as np
-from PIL import Image
-from .core import IGNORE
-from .backbones import imagenet_normalize
-from .data import read_image
-from .modules import resize
-
-def _image_tensor(img: np.ndarray, size: int) -> torch.Tensor:
-    "uint8 (H, W, 3) -> ImageNet-normalised float (3, size, size)."
-    x = torch.from_numpy(img).permute(2, 0, 1).float()[None] / 255
-    return imagenet_normalize(torch.nn.functional.interpolate(x, size=(size, size), mode='bilinear',
-                                                              align_corners=False, antialias=True)[0])
-
-def read_support_mask(path, shape) -> np.ndarray:
-    "A support mask file as 0 / 1 / 255 (255 kept as ignore, other non-zero values = object), checked against `shape`."
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"support mask not found: {path}")
-    m = np.asarray(Image.open(path))
-    if m.ndim != 2: raise ValueError(f"support mask {path} has shape {m.shape}; expected a single-channel image")
-    if m.shape != tuple(shape): raise ValueError(f"support mask {path} is {m.shape[1]}x{m.shape[0]}, its image {shape[1]}x{shape[0]}")
-    out = np.where(m == IGNORE, IGNORE, m != 0).astype(np.uint8)
-    if not (out == 1).any(): raise ValueError(f"support mask {path} marks no object pixel")
-    return out
-
-@torch.inference_mode()
-def predict_images(model: SDAANet, queries: list[np.ndarray], supports: list[np.ndarray], masks: list[np.ndarray],
-                   size: int = 473, batch_size: int = 4) -> list[np.ndarray]:
-    "Foreground probability maps (each at its query's size) of `queries` (uint8 HxWx3) given the support set."
-    model = model.eval()
-    dev = next(model.parameters()).device
-    s_img = torch.stack([_image_tensor(s, size) for s in supports])[None].to(dev)          # (1, K, 3, S, S)
-    s_mask = torch.stack([torch.nn.functional.interpolate(torch.from_numpy(m)[None, None].float(), size=(size, size),
-                                                          mode='nearest')[0, 0] for m in masks])[None].long().to(dev)
-    bb = model.backbone
-    s2, s3 = bb.features(s_img[0])                                                       # once for all queries
-    m = resize((s_mask[0] == 1).float()[:, None], s3.shape[-2:])
-    s4 = bb.high(s3 * m)
-    out = []
-    for start in range(0, len(queries), batch_size):
-        chunk = queries[start:start + batch_size]
-        q = torch.stack([_image_tensor(x, size) for x in chunk]).to(dev)
-        q2, q3 = bb.features(q)
-        q4 = bb.high(q3)
-        B = len(chunk)
-        expand = lambda t: t[None].expand(B, *t.shape)
-        logits = model.head((size, size), q2, q3, q4, expand(s2), expand(s3), expand(s4), expand(m))['logits']
-        probs = logits.float().softmax(1)[:, 1:]
-        out += [resize(p[None], x.shape[:2])[0, 0].cpu().numpy() for p, x in zip(probs, chunk)]
-    return out
-
-def write_prediction(path_stem: Path, image: np.ndarray, prob: np.ndarray) -> tuple[Path, Path]:
-    "Write `<stem>_mask.png` (0/255) and `<stem>_overlay.png` (the prediction in red over the image)."
-    mask = prob > 0.5
-    overlay = image.astype(np.float32).copy()
-    overlay[mask] = overlay[mask] * 0.45 + np.array([255, 0, 0]) * 0.55
-    path_stem.parent.mkdir(parents=True, exist_ok=True)
-    mp, op = Path(f'{path_stem}_mask.png'), Path(f'{path_stem}_overlay.png')
-    Image.fromarray((mask * 255).astype(np.uint8)).save(mp)
-    Image.fromarray(overlay.clip(0, 255).astype(np.uint8)).save(op)
-    return mp, op
-
-def predict_files(model: SDAANet, support_paths: list, mask_paths: list, query_paths: list, out_dir,
-                  size: int = 473, batch_size: int = 4) -> list[dict]:
-    "Segment the query image files with the support image/mask files; writes mask and overlay PNGs into `out_dir`."
-    if len(support_paths) != len(mask_paths) or not support_paths:
-        raise ValueError(f"got {len(support_paths)} support image(s) and {len(mask_paths)} mask(s); expected one mask "
-                         "per support image, at least one")
-    supports = [read_image(p) for p in support_paths]
-    masks = [read_support_mask(mp, s.shape[:2]) for mp, s in zip(mask_paths, supports)]
-    queries = [read_image(p) for p in query_paths]
-    probs = predict_images(model, queries, supports, masks, size, batch_size)
-    rows = []
-    for path, img, prob in zip(query_paths, queries, probs):
-        mp, op = write_prediction(Path(out_dir) / Path(path).stem, img, prob)
-        rows.append(dict(query=str(path), mask=str(mp), overlay=str(op), foreground=float((prob > 0.5).mean())))
-    return rows

@@ -4,56 +4,44 @@
 
 # %% ../nbs/12_study.ipynb #c3a41c14
 from __future__ import annotations
-import hashlib, json, os, platform, re, shutil, subprocess, sys, threading, time
+import dataclasses, hashlib, json, os, re, shutil, subprocess, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from .core import check_choice, check_positive
-from .data import load_pair
-from .modules import prior_mask, prototype_similarity
-from .model import SDAANet, _resize_masks
-from .train import episode_forward, to_device
-from .runs import RUN_PRESETS
+from .core import check_choice, check_positive, preset_section
+from .model import SDAANet
+from .data import load_index
+from .features import feature_cache
+from .runs import RunConfig, run_config, parse_overrides, data_spec, eval_caches
+from .report import build_report, environment
 
 # %% auto #0
-__all__ = ['METHODS', 'STUDY_PRESETS', 'REGISTRY_COLUMNS', 'REPORTS', 'study_matrix', 'overrides_for', 'run_parameters',
-           'params_hash', 'Registry', 'run_notebook_path', 'execute_run', 'run_study', 'prepare', 'study_run_config',
-           'PriorMaskModel', 'figure_data', 'build_report', 'environment', 'study']
+__all__ = ['METHODS', 'REGISTRY_COLUMNS', 'study_matrix', 'overrides_for', 'run_parameters', 'study_run_config', 'params_hash',
+           'Registry', 'run_notebook_path', 'execute_run', 'collapsed_seeds', 'run_threads', 'run_study', 'prepare',
+           'study']
 
 # %% ../nbs/12_study.ipynb #c536fb61
 METHODS = {'baseline': dict(use_sdpm=False, use_saam=False), 'saam': dict(use_sdpm=False, use_saam=True),
            'sdpm': dict(use_sdpm=True, use_saam=False), 'sdaanet': dict(use_sdpm=True, use_saam=True)}
 
-def study_matrix(folds=(0, 1, 2, 3)) -> list[dict]:
-    "The runs of the study, one dict each: run_id, method, fold, shots, kshot_strategy, evals [(shots, multiscale)]."
+def study_matrix(folds=(0, 1, 2, 3), multiscale: str = 'paper') -> list[dict]:
+    """The runs of the study, one dict each: run_id, method, fold, shots, kshot_strategy, evals [(shots, multiscale)];
+    SD-AANet 1-shot is also scored with the `multiscale` reading of Table IV."""
+    check_choice('multiscale', multiscale, ('paper', 'pyramid'))
     runs = []
     for fold in folds:
         check_choice('fold', fold, range(4))
         for method in METHODS:
-            evals = [[1, 'single']] + ([[1, 'paper']] if method == 'sdaanet' else [])
+            evals = [[1, 'single']] + ([[1, multiscale]] if method == 'sdaanet' else [])
             runs.append(dict(method=method, fold=fold, shots=1, kshot_strategy='separate', evals=evals))
         for method, strategy in (('baseline', 'separate'), ('sdaanet', 'separate'), ('sdaanet', 'integral')):
             runs.append(dict(method=method, fold=fold, shots=5, kshot_strategy=strategy, evals=[[5, 'single']]))
     for r in runs: r['run_id'] = f"{r['method']}-{r['shots']}shot-{r['kshot_strategy']}-fold{r['fold']}"
     return runs
 
-assert len(study_matrix()) == 28 and len({r['run_id'] for r in study_matrix()}) == 28
-
 # %% ../nbs/12_study.ipynb #7856b8db
-STUDY_PRESETS = {
-    'embedded': dict(run_preset='embedded', cache_features=True, iters={1: 250, 5: 250}, batch={1: 4, 5: 2},
-                     overrides=['eval.episodes=300', 'eval.batch_size=20', 'eval.workers=0', 'train.workers=0']),
-    'pascal': dict(run_preset='pascal', cache_features=False, iters={}, batch={}, overrides=['eval.seeds=5']),
-    'coco': dict(run_preset='coco', cache_features=False, iters={}, batch={}, overrides=['eval.seeds=5']),
-    'smoke': dict(run_preset='embedded', cache_features=True, iters={1: 2, 5: 2}, batch={1: 2, 5: 2},
-                  overrides=['train_size=65', 'eval.size=65', 'eval.episodes=8', 'eval.workers=0', 'train.workers=0',
-                             'model.backbone_weights=null']),
-}
-
 def overrides_for(run_id: str, extra) -> list[str]:
     "The `extra` overrides that apply to `run_id`: plain `KEY=VALUE` ones, and `RUN_ID:KEY=VALUE` ones for this run."
     out = []
@@ -64,20 +52,23 @@ def overrides_for(run_id: str, extra) -> list[str]:
         else: out.append(item)
     return out
 
-assert overrides_for('a', ['x=1', 'a:y=2', 'b:z=3', 'cache_dir=C:/d']) == ['x=1', 'y=2', 'cache_dir=C:/d']
-
 def run_parameters(run: dict, preset: str, data_root: str | None, device: str, out_dir: Path,
                    extra: list[str] = ()) -> dict:
-    "The papermill parameters of one run of the matrix."
-    p = STUDY_PRESETS[preset]
-    overrides = list(p['overrides'])
-    if run['shots'] in p['iters']: overrides.append(f"train.max_iters={p['iters'][run['shots']]}")
-    if run['shots'] in p['batch']: overrides.append(f"train.batch_size={p['batch'][run['shots']]}")
-    data_root = data_root or RUN_PRESETS[p['run_preset']]['data_root']   # None in the run notebook means demo data
-    return dict(preset=p['run_preset'], data_root=data_root, fold=run['fold'], shots=run['shots'],
-                method=run['method'], kshot_strategy=run['kshot_strategy'], variant='paper', evals=run['evals'],
-                cache_features=p['cache_features'], device=device, run_id=run['run_id'], out_dir=str(out_dir),
-                overrides=overrides + overrides_for(run['run_id'], extra))
+    """The papermill parameters of one run of the matrix: the preset, the run's id, method label and evaluations,
+    where it runs and writes, and every setting as an override (`section.key=value`)."""
+    study = preset_section(preset, 'study')
+    overrides = [f"fold={run['fold']}", f"shots={run['shots']}", 'model.variant=paper',
+                 f"model.kshot_strategy={run['kshot_strategy']}",
+                 *(f"model.{k}={str(v).lower()}" for k, v in METHODS[run['method']].items()),
+                 *([f'data_root={data_root}'] if data_root else []),
+                 *study['overrides'], *study['per_shots'].get(run['shots'], []), *overrides_for(run['run_id'], extra)]
+    return dict(preset=preset, run_id=run['run_id'], method=run['method'], evals=run['evals'],
+                train_seeds=list(study['train_seeds']), device=device, out_dir=str(out_dir), demo_data=False,
+                overrides=overrides)
+
+def study_run_config(params: dict) -> RunConfig:
+    "The `RunConfig` of a run's papermill parameters (the run notebook calls this too): the preset, its overrides, the device."
+    return run_config(params['preset'], **parse_overrides([*params['overrides'], f"train.device={params['device']}"]))
 
 def params_hash(params: dict) -> str:
     "A short hash of the parameters that decide a run's result (not where it is written)."
@@ -85,8 +76,8 @@ def params_hash(params: dict) -> str:
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 # %% ../nbs/12_study.ipynb #253aa7f7
-REGISTRY_COLUMNS = ('run_id', 'method', 'fold', 'train_shots', 'kshot_strategy', 'status', 'params_hash', 'started',
-                    'ended', 'seconds', 'error', 'out_dir', 'notebook')
+REGISTRY_COLUMNS = ('run_id', 'method', 'fold', 'train_shots', 'kshot_strategy', 'status', 'collapsed', 'params_hash',
+                    'started', 'ended', 'seconds', 'error', 'out_dir', 'notebook')
 
 class Registry:
     "The study's `registry.csv`: one row per run, rewritten atomically on every change (thread-safe)."
@@ -145,21 +136,10 @@ def execute_run(params: dict, threads: int | None = None, gpu: int | None = None
     if not (out_dir / 'metrics.csv').exists(): return f"the run notebook finished without writing {out_dir / 'metrics.csv'}"
     return None
 
-# %% ../nbs/12_study.ipynb #bb2645bb
-def run_study(study_dir, preset: str = 'embedded', data_root: str | None = None, folds=(0, 1, 2, 3),
-              device: str = 'auto', jobs: int = 1, gpus: list[int] | None = None, retry_failed: bool = False,
-              only: list[str] | None = None, extra: list[str] = (), progress: bool = True) -> pd.DataFrame:
-    """Run (or resume) the study matrix into `study_dir`; returns the registry. `only` restricts it to these
-    run ids; `extra` are `--set` overrides (`KEY=VALUE` for every run, `RUN_ID:KEY=VALUE` for one; part of the
-    parameter hash)."""
-    check_choice('preset', preset, STUDY_PRESETS); check_positive('jobs', jobs, integer=True)
-    study_dir = Path(study_dir); study_dir.mkdir(parents=True, exist_ok=True)
-    runs = study_matrix(folds)
-    if only is not None:
-        unknown = sorted(set(only) - {r['run_id'] for r in runs})
-        if unknown: raise ValueError(f"only={unknown} are not runs of this study; expected ids like {runs[0]['run_id']!r}")
-        runs = [r for r in runs if r['run_id'] in only]
-    reg = Registry(study_dir / 'registry.csv')
+# %% ../nbs/12_study.ipynb #90bd24b8
+def _queue(runs: list[dict], reg: Registry, preset: str, data_root, device, study_dir: Path, extra, retry_failed: bool,
+           progress: bool) -> list[dict]:
+    "The papermill parameters of the runs to execute; the others are skipped (done, or failed without a retry)."
     todo = []
     for run in runs:
         params = run_parameters(run, preset, data_root, device, study_dir / 'runs' / run['run_id'], extra)
@@ -172,11 +152,42 @@ def run_study(study_dir, preset: str = 'embedded', data_root: str | None = None,
         resumable = row and row['status'] in ('running', 'pending') and row['params_hash'] == h
         if not resumable and Path(params['out_dir']).exists(): shutil.rmtree(params['out_dir'])  # stale or failed
         reg.update(run['run_id'], method=run['method'], fold=run['fold'], train_shots=run['shots'],
-                   kshot_strategy=run['kshot_strategy'], status='pending', params_hash=h, started='', ended='',
-                   seconds='', error='', out_dir=params['out_dir'], notebook=str(Path(params['out_dir']) / 'run.ipynb'))
+                   kshot_strategy=run['kshot_strategy'], status='pending', collapsed='', params_hash=h, started='',
+                   ended='', seconds='', error='', out_dir=params['out_dir'], notebook=str(Path(params['out_dir']) / 'run.ipynb'))
         todo.append(params)
+    return todo
+
+def collapsed_seeds(out_dir) -> str:
+    "The training seeds a finished run marked collapsed in its `seeds.csv` ('' when none)."
+    path = Path(out_dir) / 'seeds.csv'
+    if not path.exists(): return ''
+    seeds = pd.read_csv(path)
+    bad = seeds.loc[seeds['collapsed'].astype(bool), 'train_seed'].tolist()
+    return f"{len(bad)} of {len(seeds)} seeds: {', '.join(map(str, bad))}" if bad else ''
+
+# %% ../nbs/12_study.ipynb #7d7f2d5c
+def run_threads(preset: str, device: str, workers: int) -> int | None:
+    "Threads per run on the CPU: the preset's fixed `study.threads`, else the cores shared among the workers."
+    if device != 'cpu' and torch.cuda.is_available(): return None
+    return preset_section(preset, 'study').get('threads') or max(1, (os.cpu_count() or 1) // workers)
+
+def run_study(study_dir, preset: str = 'embedded', data_root: str | None = None, folds=(0, 1, 2, 3),
+              device: str = 'auto', jobs: int = 1, gpus: list[int] | None = None, retry_failed: bool = False,
+              only: list[str] | None = None, extra: list[str] = (), progress: bool = True) -> pd.DataFrame:
+    """Run (or resume) the study matrix into `study_dir`; returns the registry. `only` restricts it to these
+    run ids; `extra` are `--set` overrides (`KEY=VALUE` for every run, `RUN_ID:KEY=VALUE` for one; part of the
+    parameter hash)."""
+    study = preset_section(preset, 'study'); check_positive('jobs', jobs, integer=True)
+    study_dir = Path(study_dir); study_dir.mkdir(parents=True, exist_ok=True)
+    runs = study_matrix(folds, study['multiscale'])
+    if only is not None:
+        unknown = sorted(set(only) - {r['run_id'] for r in runs})
+        if unknown: raise ValueError(f"only={unknown} are not runs of this study; expected ids like {runs[0]['run_id']!r}")
+        runs = [r for r in runs if r['run_id'] in only]
+    reg = Registry(study_dir / 'registry.csv')
+    todo = _queue(runs, reg, preset, data_root, device, study_dir, extra, retry_failed, progress)
     workers = len(gpus) if gpus else jobs
-    threads = max(1, (os.cpu_count() or 1) // workers) if device == 'cpu' or not torch.cuda.is_available() else None
+    threads = run_threads(preset, device, workers)
     slots = list(gpus) if gpus else [None] * workers
 
     def one(params):
@@ -185,171 +196,36 @@ def run_study(study_dir, preset: str = 'embedded', data_root: str | None = None,
             reg.update(params['run_id'], status='running', started=_now())
             t0 = time.perf_counter()
             error = execute_run(params, threads, gpu)
-            reg.update(params['run_id'], status='failed' if error else 'done', ended=_now(),
-                       seconds=round(time.perf_counter() - t0, 1), error=error or '')
+            reg.update(params['run_id'], status='failed' if error else 'done', ended=_now(), error=error or '',
+                       seconds=round(time.perf_counter() - t0, 1), collapsed=collapsed_seeds(params['out_dir']))
             if progress: print(f"{'FAILED' if error else 'done'} {params['run_id']} in {time.perf_counter() - t0:.0f} s"
                                + (f": {error}" if error else ''), flush=True)
         finally:
             if gpus: slots.append(gpu)
 
     if todo:
-        prepare(todo, preset)
+        prepare(todo, threads)
         with ThreadPoolExecutor(workers) as pool: list(pool.map(one, todo))
     return reg.frame()
 
-def prepare(todo: list[dict], preset: str) -> None:
-    "Build the class indexes and feature caches once, before parallel runs would each build them."
-    if not STUDY_PRESETS[preset]['cache_features']: return
-    from sdaanet.runs import data_spec
-    from sdaanet.data import load_index
-    from sdaanet.features import feature_cache
+# %% ../nbs/12_study.ipynb #f7012569
+def prepare(todo: list[dict], threads: int | None = None) -> None:
+    """Build the class indexes and feature caches (training split; test split at every evaluation size) once,
+    before parallel runs would each build them: two builders side by side, each on `threads` threads."""
     for params in todo:
         try: cfg = study_run_config(params)
         except ValueError: continue      # an invalid run fails in its own notebook, where the registry records it
-        model = SDAANet(cfg.model)
-        for split in ('train', 'test'):
-            spec = data_spec(cfg, split)
-            feature_cache(model, spec, load_index(spec, progress=False), progress=True)
+        if not cfg.cache_features: return
+        model, before = SDAANet(cfg.model), torch.get_num_threads()
+        evals = [dataclasses.replace(cfg, eval=cfg.eval.replace(multiscale=ms)) for _, ms in params['evals']]
+        def train_cache(): spec = data_spec(cfg, 'train'); feature_cache(model, spec, load_index(spec, progress=False), progress=False)
+        def test_caches():
+            for c in evals: eval_caches(model, c, load_index(data_spec(c, 'test'), progress=False))
+        try:
+            if threads: torch.set_num_threads(threads)
+            with ThreadPoolExecutor(2) as pool: [f.result() for f in [pool.submit(train_cache), pool.submit(test_caches)]]
+        finally: torch.set_num_threads(before)
         return
-
-def study_run_config(params: dict):
-    """The `RunConfig` of a run's papermill parameters (the run notebook calls this too): `method` sets use_sdpm and
-    use_saam; `dataset`, `backbone`, `seeds`, `episodes` and `scoring` are applied when given; `overrides` last."""
-    from sdaanet.runs import run_config, parse_overrides
-    over = parse_overrides(list(params.get('overrides') or []))
-    given = lambda key: params.get(key) is not None
-    model = {**METHODS[params['method']], 'variant': params['variant'], 'kshot_strategy': params['kshot_strategy'],
-             **({'backbone': params['backbone']} if given('backbone') else {}), **over.pop('model', {})}
-    evaluation = {k: params[p] for k, p in (('seeds', 'seeds'), ('episodes', 'episodes'), ('scoring', 'scoring'))
-                  if given(p)}
-    train = {'device': params['device'], **over.pop('train', {})}
-    top = dict(fold=params['fold'], shots=params['shots'], cache_features=params['cache_features'])
-    for key in ('data_root', 'dataset'):
-        if given(key): top[key] = params[key]
-    return run_config(params['preset'], model=model, train=train, eval={**evaluation, **over.pop('eval', {})},
-                      **top, **over)
-
-# %% ../nbs/12_study.ipynb #74f24bc0
-class PriorMaskModel(torch.nn.Module):
-    "The prior mask of `model`'s frozen encoder as a two-class segmenter: foreground where the prior exceeds `threshold`."
-    def __init__(self, model: SDAANet, threshold: float = 0.5):
-        super().__init__(); self.model, self.threshold = model, threshold
-
-    def forward(self, query_img=None, support_imgs=None, support_masks=None, query_mask=None, return_maps=False,
-                features=None):
-        from sdaanet.model import ENCODED
-        if features is None:
-            size, enc = query_img.shape[-2:], self.model.encode(query_img, support_imgs, support_masks)
-        else: size, enc = support_masks.shape[-2:], [features[k] for k in ENCODED]
-        q4, s4, masks = enc[2], enc[5], enc[6]
-        p = prior_mask(q4, s4, _resize_masks(masks, s4.shape[-2:]), size)
-        return {'logits': torch.cat([self.threshold - p, p - self.threshold], 1)}
-
-def _display(index, image_id: str, class_id: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    "An image (uint8 HxWx3) and its class mask resized to `size` for drawing."
-    img, mask = load_pair(index, image_id, class_id)
-    img = F.interpolate(img[None].float(), size=(size, size), mode='bilinear', antialias=True, align_corners=False)[0]
-    mask = F.interpolate(mask[None, None].float(), size=(size, size), mode='nearest')[0, 0]
-    return img.clamp(0, 255).byte().permute(1, 2, 0).numpy(), mask.byte().numpy()
-
-def figure_data(model: SDAANet, dataset, index, records: pd.DataFrame, n_first: int = 6, n_worst: int = 4,
-                batch_size: int = 20) -> dict:
-    "Prototypes of every episode of `dataset` and drawable examples (see above); `records` are the run's IoUs."
-    model = model.eval()
-    device = next(model.parameters()).device
-    protos, classes, keep = [], [], {}
-    supports = {r['episode']: r['supports'][0] for r in dataset.episodes}
-    iou = dict(zip(records['episode'], records['iou']))
-    first = sorted(iou)[:n_first]
-    worst = [e for e in sorted(iou, key=lambda e: iou[e]) if e not in first][:n_worst]
-    wanted = {e: 'first' for e in first} | {e: 'worst' for e in worst}
-    with torch.inference_mode():
-        for start in range(0, len(dataset), batch_size):
-            items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
-            batch = to_device(torch.utils.data.default_collate([{k: v for k, v in it.items() if k != 'query_id'}
-                                                                for it in items]), device)
-            out = episode_forward(model, batch, return_maps=True)
-            maps = out['maps']
-            protos.append(maps['prototype'].float().cpu()); classes.append(batch['class_id'].cpu())
-            for j, it in enumerate(items):
-                e = int(it['episode'])
-                if e not in wanted: continue
-                keep[e] = dict(j=j, item=it, pred=out['logits'][j].argmax(0).byte().cpu().numpy(),
-                               prior=maps['prior'][j, 0].float().cpu().numpy(),
-                               attention=None if maps['attention'] is None else maps['attention'][j, 0].float().cpu().numpy(),
-                               similarity=prototype_similarity(maps['support_feats'][j, 0], maps['prototype'][j]).float().cpu().numpy())
-    examples = []
-    for e, kind in wanted.items():
-        if e not in keep: continue
-        k, it = keep[e], keep[e]['item']
-        size = int(it['query_mask'].shape[-1])
-        q, qm = _display(index, it['query_id'], it['class_id'], size)
-        s, sm = _display(index, supports[e], it['class_id'], size)
-        examples.append(dict(episode=e, kind=kind, class_id=int(it['class_id']), iou=float(iou[e]), query=q, support=s,
-                             support_mask=sm, query_mask=qm, prediction=k['pred'], prior=k['prior'],
-                             attention=k['attention'], similarity=k['similarity']))
-    return dict(prototypes=torch.cat(protos), prototype_classes=torch.cat(classes), examples=examples,
-                input_size=int(dataset[0]['query_mask'].shape[-1]))
-
-# %% ../nbs/12_study.ipynb #be32bcc3
-REPORTS = ('tables', 'figures')
-
-def _html(notebook: Path, out_dir: Path, name: str) -> Path:
-    subprocess.run([sys.executable, '-m', 'jupyter', 'nbconvert', '--to', 'html', str(notebook), '--output-dir',
-                    str(out_dir), '--output', name], check=True, capture_output=True)
-    return out_dir / f'{name}.html'
-
-def build_report(study_dir, html_dir='reports/_html', reports_dir='reports', wall_time: float | None = None) -> Path:
-    """Execute the report notebooks on `study_dir` with papermill, convert them and every run notebook to HTML in
-    `html_dir`, and write `index.html`; returns its path."""
-    study_dir, html_dir, reports_dir = Path(study_dir), Path(html_dir), Path(reports_dir)
-    html_dir.mkdir(parents=True, exist_ok=True)
-    reg = Registry(study_dir / 'registry.csv').frame()
-    pages = {}
-    for name in REPORTS:
-        executed = study_dir / 'reports' / f'{name}.ipynb'
-        executed.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, '-m', 'papermill', str(reports_dir / f'{name}.ipynb'), str(executed), '-p',
-                        'study_dir', str(study_dir), '--no-progress-bar', '-k', 'python3'], check=True, capture_output=True)
-        pages[name] = _html(executed, html_dir, name)
-    runs = []
-    for r in reg.to_dict('records'):
-        nb = Path(r['notebook'])
-        page = _html(nb, html_dir / 'runs', r['run_id']).relative_to(html_dir) if nb.exists() else None
-        runs.append((r, page))
-    meta = json.loads((study_dir / 'study.json').read_text()) if (study_dir / 'study.json').exists() else {}
-    if wall_time is not None: meta['wall_seconds'] = round(wall_time, 1)
-    index = html_dir / 'index.html'
-    index.write_text(_index_html(meta, pages, runs, html_dir))
-    return index
-
-def environment() -> dict:
-    "Hardware and versions for the report."
-    import torchvision, papermill
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
-                papermill=papermill.__version__, cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
-                gpu=gpu, platform=platform.platform())
-
-def _index_html(meta: dict, pages: dict, runs: list, html_dir: Path) -> str:
-    import html
-    esc = lambda x: html.escape(str(x))
-    rows = ''.join(
-        f"<tr><td>{esc(r['run_id'])}</td><td>{esc(r['status'])}</td><td>{esc(r['seconds'])}</td>"
-        f"<td>{f'<a href={chr(34)}{esc(p)}{chr(34)}>notebook</a>' if p else 'no notebook'}</td>"
-        f"<td>{esc(r['error'])}</td></tr>" for r, p in runs)
-    info = ''.join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in meta.items()
-                   if k not in ('class_names', 'fold_classes'))
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>sdaanet study report</title>
-<style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}td,th{{padding:2px 8px;text-align:left}}
-tr:nth-child(even){{background:#f4f4f4}}</style></head><body>
-<h1>SD-AANet study report</h1>
-<ul><li><a href="{pages['tables'].name}">Tables I-V</a> (ablations, multi-scale, K-shot strategy, per-class IoU)</li>
-<li><a href="{pages['figures'].name}">Figures 8-13</a> (qualitative grid, t-SNE, small targets, attention,
-similarity, failure cases)</li></ul>
-<h2>Study</h2><table>{info}</table>
-<h2>Runs ({len(runs)})</h2><table><tr><th>run</th><th>status</th><th>seconds</th><th>executed notebook</th>
-<th>error</th></tr>{rows}</table></body></html>"""
 
 # %% ../nbs/12_study.ipynb #d4a609ab
 def study(study_dir, preset: str = 'embedded', data_root: str | None = None, folds=(0, 1, 2, 3), device: str = 'auto',
@@ -359,17 +235,27 @@ def study(study_dir, preset: str = 'embedded', data_root: str | None = None, fol
     t0 = time.perf_counter()
     study_dir = Path(study_dir)
     reg = run_study(study_dir, preset, data_root, folds, device, jobs, gpus, retry_failed, only, extra, progress)
-    _write_study_json(study_dir, preset, data_root, folds, reg)
+    split = {'runs_wall': round(time.perf_counter() - t0, 1), **_run_seconds(reg)}
+    _write_study_json(study_dir, preset, data_root, folds, reg, split)
+    t1 = time.perf_counter()
     index = build_report(study_dir, html_dir, wall_time=time.perf_counter() - t0)
+    split['report_wall'] = round(time.perf_counter() - t1, 1)
     n_failed = int((reg['status'] == 'failed').sum())
-    if progress: print(f"report: {index} ({len(reg)} runs, {n_failed} failed); study wall time {time.perf_counter() - t0:.0f} s")
+    if progress:
+        print(f"report: {index} ({len(reg)} runs, {n_failed} failed); study wall time {time.perf_counter() - t0:.0f} s; "
+              f"time split: {json.dumps(split)}")
     return index
 
-def _write_study_json(study_dir: Path, preset: str, data_root, folds, reg: pd.DataFrame) -> None:
-    from sdaanet.runs import run_config, data_spec
-    from sdaanet.data import load_index
+def _run_seconds(reg: pd.DataFrame) -> dict:
+    "Training and evaluation seconds summed over the runs' seeds (`seeds.csv`), i.e. over parallel jobs too."
+    seeds = [pd.read_csv(Path(d) / 'seeds.csv') for d in reg['out_dir'] if (Path(d) / 'seeds.csv').exists()]
+    if not seeds: return {}
+    s = pd.concat(seeds)
+    return {k: round(float(s[k].sum()), 1) for k in ('train_seconds', 'eval_seconds') if k in s}
+
+def _write_study_json(study_dir: Path, preset: str, data_root, folds, reg: pd.DataFrame, seconds: dict) -> None:
     params = json.loads(Path(reg['out_dir'].iloc[0], 'params.json').read_text()) if len(reg) else None
-    cfg = study_run_config(params) if params else run_config(STUDY_PRESETS[preset]['run_preset'])
+    cfg = study_run_config(params) if params else run_config(preset)
     names, folds_cls = None, None
     try:
         index = load_index(data_spec(cfg, 'test'), progress=False)
@@ -377,7 +263,8 @@ def _write_study_json(study_dir: Path, preset: str, data_root, folds, reg: pd.Da
     except Exception as e:  # the report still builds; it says why the names are missing
         names = f"class index unavailable: {e}"
     meta = dict(preset=preset, dataset=cfg.dataset, data_root=str(cfg.data_root), folds=list(folds),
-                backbone=cfg.model.backbone, iterations={k: v for k, v in STUDY_PRESETS[preset]['iters'].items()},
+                backbone=cfg.model.backbone, per_shots=preset_section(preset, 'study')['per_shots'],
                 runs=len(reg), done=int((reg['status'] == 'done').sum()), failed=int((reg['status'] == 'failed').sum()),
+                train_seeds=list(preset_section(preset, 'study')['train_seeds']), seconds=seconds,
                 class_names=names, fold_classes=folds_cls, generated=_now(), **environment())
     (study_dir / 'study.json').write_text(json.dumps(meta, indent=1))

@@ -4,25 +4,22 @@
 
 # %% ../nbs/07_train.ipynb #3aee0077
 from __future__ import annotations
-import json, os, random, time
+import json, random, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm.auto import tqdm
-from .core import Settings, check_choice, check_positive, seed_everything
-from .model import SDAANet, ENCODED, folded_backbone
+from .core import Settings, check_choice, check_positive, preset_section, seed_everything
+from .model import SDAANet, folded_backbone
+from .engine import AMP_MODES, resolve_device, init_distributed, autocast_dtype, to_device, encode_batch, episode_forward
 from .checkpoints import save_checkpoint
 
 # %% auto #0
-__all__ = ['AMP_MODES', 'SELECTIONS', 'OPTIMIZERS', 'TRAIN_PRESETS', 'TrainConfig', 'train_config', 'official_protocol',
-           'poly_lr', 'make_optimizer', 'EpochSampler', 'SeededEpisodes', 'resolve_device', 'init_distributed',
-           'autocast_dtype', 'to_device', 'encode_batch', 'episode_forward', 'NonFiniteLossError', 'train',
-           'RandomEpisodes']
+__all__ = ['SELECTIONS', 'OPTIMIZERS', 'TrainConfig', 'train_config', 'poly_lr', 'make_optimizer', 'EpochSampler',
+           'SeededEpisodes', 'NonFiniteLossError', 'RunLog', 'train_step', 'episode_batches', 'Validation', 'train']
 
 # %% ../nbs/07_train.ipynb #86e41f66
-AMP_MODES = ('auto', 'bf16', 'fp16', 'off')
 SELECTIONS = ('last', 'val', 'best-test')
 OPTIMIZERS = ('sgd', 'adamw')
 
@@ -47,12 +44,14 @@ class TrainConfig(Settings):
     log_every: int = 10               # iterations between log rows
     checkpoint_every: int | None = None   # iterations between checkpoints (None: every epoch)
     select: str = 'last'              # 'last'; 'val' (best on held-out base-class images); 'best-test' (released: test fold)
+    patience: int | None = None       # with select 'val'/'best-test': stop after this many validations without a new best
     val_fraction: float = 0.1         # share of the training images held out when select='val'
+    val_episodes: int | None = None   # validation episodes per check; None: as many as the evaluation's
     device: str = 'auto'              # 'auto' (cuda when available), 'cpu', 'cuda', 'cuda:N'
 
     def __post_init__(self):
         for key in ('epochs', 'batch_size', 'log_every'): check_positive(key, getattr(self, key), integer=True)
-        for key in ('max_iters', 'checkpoint_every'):
+        for key in ('max_iters', 'checkpoint_every', 'patience', 'val_episodes'):
             if getattr(self, key) is not None: check_positive(key, getattr(self, key), integer=True)
         for key in ('base_lr', 'lr_scale', 'power'): check_positive(key, getattr(self, key))
         for key in ('momentum', 'weight_decay'):
@@ -62,6 +61,8 @@ class TrainConfig(Settings):
             raise ValueError(f"workers={self.workers!r} is not allowed; expected an integer >= 0")
         check_choice('amp', self.amp, AMP_MODES); check_choice('select', self.select, SELECTIONS)
         check_choice('optimizer', self.optimizer, OPTIMIZERS)
+        if self.patience is not None and self.select == 'last':
+            raise ValueError(f"patience={self.patience} needs select='val' (or 'best-test'): early stopping watches the validation score")
         if not isinstance(self.val_fraction, (int, float)) or not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction={self.val_fraction!r} is not allowed; expected a number in (0, 1)")
         if not isinstance(self.warmup_iters, int) or isinstance(self.warmup_iters, bool) or self.warmup_iters < 0:
@@ -69,21 +70,9 @@ class TrainConfig(Settings):
         if not (self.device in ('auto', 'cpu', 'cuda') or self.device.startswith('cuda:')):
             raise ValueError(f"device={self.device!r} is not allowed; expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
-TRAIN_PRESETS = {
-    'pascal': dict(epochs=200, batch_size=4, base_lr=0.0025),
-    'coco': dict(epochs=50, batch_size=8, base_lr=0.0005),
-    'embedded': dict(epochs=6, batch_size=8, optimizer='adamw', base_lr=0.002, warmup_iters=20, workers=2,
-                     log_every=5),
-}
-
 def train_config(preset: str = 'embedded', **overrides) -> TrainConfig:
     "The `preset`'s `TrainConfig` with `overrides`."
-    check_choice('preset', preset, TRAIN_PRESETS)
-    return TrainConfig().replace(**{**TRAIN_PRESETS[preset], **overrides})
-
-def official_protocol(train_cfg: TrainConfig, model_cfg):
-    "The released code's training switches: 10x learning rate on every group, backbone BatchNorm in train mode."
-    return train_cfg.replace(lr_scale=10.0), model_cfg.replace(backbone_bn='train')
+    return TrainConfig().replace(**{**preset_section(preset, 'train'), **overrides})
 
 # %% ../nbs/07_train.ipynb #ee657ef0
 def poly_lr(cfg: TrainConfig, iteration: int, total: int) -> float:
@@ -133,59 +122,7 @@ class SeededEpisodes(torch.utils.data.Dataset):
             try: return self.dataset[index]
             finally: random.setstate(py); np.random.set_state(npy)
 
-# %% ../nbs/07_train.ipynb #c2c8a856
-def resolve_device(name: str = 'auto') -> torch.device:
-    "`auto` is this process's CUDA device (LOCAL_RANK under torchrun) when there is one, else the CPU."
-    if name == 'auto': name = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if name == 'cuda' and 'LOCAL_RANK' in os.environ: name = f"cuda:{os.environ['LOCAL_RANK']}"
-    if name.startswith('cuda') and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r} but CUDA is not available on this machine; use device='cpu'")
-    return torch.device(name)
-
-def init_distributed(device: torch.device) -> tuple[int, int]:
-    "Join the torchrun process group when there is one; returns (rank, world size)."
-    world = int(os.environ.get('WORLD_SIZE', 1))
-    if world == 1: return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
-        if device.type == 'cuda': torch.cuda.set_device(device)
-    return dist.get_rank(), world
-
-def autocast_dtype(device: torch.device, amp: str):
-    """The autocast dtype for `amp` on `device` (None: full precision). CUDA: 'auto' is bf16 where supported, else
-    fp16. CPU: 'auto' is full precision; 'bf16' is allowed (fast only on CPUs with native bf16, AVX512-BF16 or AMX)."""
-    check_choice('amp', amp, AMP_MODES)
-    if amp == 'off': return None
-    if device.type == 'cuda':
-        if amp == 'auto': return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return {'bf16': torch.bfloat16, 'fp16': torch.float16}[amp]
-    if amp == 'fp16': raise ValueError(f"amp='fp16' is for CUDA devices; on {device} use amp='bf16' or 'off'")
-    return torch.bfloat16 if amp == 'bf16' else None
-
-def to_device(batch: dict, device: torch.device, channels_last: bool = False) -> dict:
-    "Move the tensors of an episode batch (and of its `features` dict) to `device` (images channels_last when asked)."
-    out = {}
-    for k, v in batch.items():
-        if isinstance(v, torch.Tensor):
-            v = v.to(device, non_blocking=True)
-            if channels_last and k == 'query_img': v = v.contiguous(memory_format=torch.channels_last)
-        elif isinstance(v, dict): v = to_device(v, device)
-        out[k] = v
-    return out
-
-def encode_batch(model: SDAANet, encoder, batch: dict) -> dict:
-    "`batch` with its images replaced by their `features` from `encoder` (see `folded_backbone`); as is without one."
-    if encoder is None or 'features' in batch: return batch
-    enc = model.encode(batch['query_img'], batch['support_imgs'], batch['support_masks'], backbone=encoder)
-    return {**{k: v for k, v in batch.items() if k not in ('query_img', 'support_imgs')}, 'features': dict(zip(ENCODED, enc))}
-
-def episode_forward(net, batch: dict, losses: bool = False, return_maps: bool = False) -> dict:
-    """The model on an episode batch: images (`query_img`, `support_imgs`) or cached encoder `features`; the query
-    mask goes in only when `losses` are wanted (training), so inference never sees it."""
-    return net(batch.get('query_img'), batch.get('support_imgs'), batch['support_masks'],
-               batch['query_mask'] if losses else None, return_maps=return_maps, features=batch.get('features'))
-
-# %% ../nbs/07_train.ipynb #eecd80c9
+# %% ../nbs/07_train.ipynb #0ff281ad
 class NonFiniteLossError(FloatingPointError):
     "The loss became NaN or infinite; the message names the iteration and the loss terms."
 
@@ -215,12 +152,71 @@ def _trim_log(path: Path, iteration: int) -> None:
     rows = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)['iteration'] <= iteration]
     path.write_text(''.join(r + '\n' for r in rows))
 
-def train(model: SDAANet, dataset, cfg: TrainConfig, out_dir, resume: bool = False, stop_after: int | None = None,
-          validate=None, run_config: dict | None = None, progress: bool = True) -> dict:
-    """Train `model` on the episode `dataset` into `out_dir`. `resume` continues from `out_dir`'s last checkpoint;
-    `stop_after` ends this call after that many iterations (the schedule is unchanged); `validate(model) -> float`
-    scores the model at every checkpoint when `cfg.select` is 'val' or 'best-test'. Returns a summary dict."""
-    out_dir = Path(out_dir); ckpt_dir = out_dir / 'checkpoints'
+class RunLog:
+    "Rows of `train_log.jsonl` (rank 0) and TensorBoard scalars, from `start` on."
+    def __init__(self, out_dir: Path, start: int, rank: int):
+        self.path, self.rank = out_dir / 'train_log.jsonl', rank
+        if rank == 0:
+            if start: _trim_log(self.path, start)
+            else: out_dir.mkdir(parents=True, exist_ok=True); self.path.write_text('')
+        self.board = _tensorboard(out_dir) if rank == 0 else None
+
+    def write(self, row: dict, prefix: str = 'train') -> None:
+        if self.rank: return
+        with self.path.open('a') as f: f.write(json.dumps(row) + '\n')
+        if self.board is not None:
+            for k, v in row.items():
+                if k not in ('iteration', 'epoch'): self.board.add_scalar(f'{prefix}/{k}', v, row['iteration'])
+
+    def close(self) -> None:
+        if self.board is not None: self.board.close()
+
+# %% ../nbs/07_train.ipynb #1950b658
+def train_step(net, model: SDAANet, encoder, batch: dict, optimizer, scaler, lr: float, dtype) -> dict:
+    """One optimisation step on an episode `batch` at learning rate `lr`: forward under autocast (`dtype`, None for
+    full precision), backward, step. Returns the loss terms; a non-finite total is left for the caller to report."""
+    for group in optimizer.param_groups: group['lr'] = lr
+    device_type = next(model.parameters()).device.type
+    with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+        losses = episode_forward(net, encode_batch(model, encoder, batch), losses=True)['losses']
+    if torch.isfinite(losses['total']):
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(losses['total']).backward()
+        scaler.step(optimizer); scaler.update()
+    return losses
+
+def episode_batches(dataset, cfg: TrainConfig, start: int, per_epoch: int, rank: int, world: int, pin: bool):
+    "Yields `(iteration, epoch, batch)` from iteration `start` on: seeded epoch orders, per-episode seeds."
+    it, gen = start, torch.Generator().manual_seed(cfg.seed)
+    while True:
+        epoch, first = divmod(it, per_epoch)
+        sampler = EpochSampler(len(dataset), cfg.batch_size, cfg.seed, epoch, first, rank, world)
+        loader = torch.utils.data.DataLoader(SeededEpisodes(dataset), batch_size=cfg.batch_size, sampler=sampler,
+                                             num_workers=cfg.workers, pin_memory=pin, drop_last=True, generator=gen)
+        for batch in loader:
+            yield it, epoch, batch
+            it += 1
+
+# %% ../nbs/07_train.ipynb #38498564
+class Validation:
+    "The best validation score so far and the early stop: `patience` checks in a row without a new best."
+    def __init__(self, patience: int | None = None, best: dict | None = None, stale: int = 0):
+        self.patience, self.best, self.stale = patience, best, stale
+
+    def update(self, score: float, iteration: int) -> bool:
+        "Record `score` at `iteration`; True when it is a new best."
+        if self.best is None or score > self.best['score']:
+            self.best, self.stale = {'score': score, 'iteration': iteration}, 0
+            return True
+        self.stale += 1
+        return False
+
+    @property
+    def stop(self) -> bool: return self.patience is not None and self.stale >= self.patience
+
+# %% ../nbs/07_train.ipynb #f9cb70bf
+def _prepare(model: SDAANet, cfg: TrainConfig):
+    "Device, process group, seed, memory layout, optimiser, autocast dtype and grad scaler of a run."
     device = resolve_device(cfg.device)
     rank, world = init_distributed(device)
     seed_everything(cfg.seed)
@@ -228,105 +224,69 @@ def train(model: SDAANet, dataset, cfg: TrainConfig, out_dir, resume: bool = Fal
     channels_last = cfg.channels_last and device.type == 'cuda'
     if channels_last: model.to(memory_format=torch.channels_last)
     if device.type == 'cuda': torch.backends.cudnn.benchmark = True
-    optimizer = make_optimizer(model, cfg)
-    dtype = autocast_dtype(device, cfg.amp)
+    optimizer, dtype = make_optimizer(model, cfg), autocast_dtype(device, cfg.amp)
     scaler = torch.amp.GradScaler('cuda', enabled=dtype == torch.float16)
+    return device, rank, world, channels_last, optimizer, dtype, scaler
 
+def _resume(path: Path, model: SDAANet, optimizer, scaler, cfg: TrainConfig) -> tuple[int, Validation]:
+    "Load the last checkpoint's model, optimiser, scaler and RNG states; returns its iteration and validation state."
+    ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    model.load_state_dict(ckpt['model']); optimizer.load_state_dict(ckpt['optimizer'])
+    scaler.load_state_dict(ckpt['scaler']); _set_rng_state(ckpt['rng'])
+    return ckpt['iteration'], Validation(cfg.patience, ckpt.get('best'), ckpt.get('stale', 0))
+
+# %% ../nbs/07_train.ipynb #bd27c10e
+def train(model: SDAANet, dataset, cfg: TrainConfig, out_dir, resume: bool = False, stop_after: int | None = None,
+          validate=None, run_config: dict | None = None, progress: bool = True) -> dict:
+    """Train `model` on the episode `dataset` into `out_dir`. `resume` continues from `out_dir`'s last checkpoint;
+    `stop_after` ends this call after that many iterations (the schedule is unchanged); `validate(model) -> float`
+    scores the model at every checkpoint when `cfg.select` is 'val' or 'best-test'. Returns a summary dict."""
+    out_dir = Path(out_dir); ckpt_dir = out_dir / 'checkpoints'
+    device, rank, world, channels_last, optimizer, dtype, scaler = _prepare(model, cfg)
     per_epoch = EpochSampler(len(dataset), cfg.batch_size, cfg.seed, world=world).batches_per_epoch()
     if per_epoch == 0:
         raise ValueError(f"{len(dataset)} training episodes cannot fill one batch of {cfg.batch_size} x {world} "
                          "process(es); lower batch_size")
-    total = cfg.max_iters or cfg.epochs * per_epoch
-    it, best = 0, None
-    log_path = out_dir / 'train_log.jsonl'
-    if resume and (ckpt_dir / 'last.pth').exists():
-        ckpt = torch.load(ckpt_dir / 'last.pth', map_location='cpu', weights_only=True)
-        model.load_state_dict(ckpt['model']); optimizer.load_state_dict(ckpt['optimizer'])
-        scaler.load_state_dict(ckpt['scaler']); _set_rng_state(ckpt['rng'])
-        it, best = ckpt['iteration'], ckpt.get('best')
-        if rank == 0: _trim_log(log_path, it)
-    elif rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        log_path.write_text('')
+    total, it, val = cfg.max_iters or cfg.epochs * per_epoch, 0, Validation(cfg.patience)
+    if resume and (ckpt_dir / 'last.pth').exists(): it, val = _resume(ckpt_dir / 'last.pth', model, optimizer, scaler, cfg)
+    log = RunLog(out_dir, it, rank)
+    net = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == 'cuda' else None)
+    every, end = cfg.checkpoint_every or per_epoch, total if stop_after is None else min(total, it + stop_after)
 
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
-    every = cfg.checkpoint_every or per_epoch
-    end = total if stop_after is None else min(total, it + stop_after)
-    gen = torch.Generator().manual_seed(cfg.seed)
-
-    def checkpoint(final: bool = False):
-        nonlocal best
+    def checkpoint():
         if validate is not None and cfg.select != 'last':
-            score = validate(model)
-            model.train()
-            if rank == 0 and (best is None or score > best['score']):
-                best = {'score': score, 'iteration': it}
+            score = validate(model); model.train()
+            log.write({'iteration': it, 'val_miou': round(score, 6)}, 'val')
+            if val.update(score, it) and rank == 0:
                 save_checkpoint(ckpt_dir / 'best.pth', model, iteration=it, score=score)
         if rank == 0:
             save_checkpoint(ckpt_dir / 'last.pth', model, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                            iteration=it, rng=_rng_state(), best=best, train_config=asdict(cfg), run_config=run_config)
+                            iteration=it, rng=_rng_state(), best=val.best, stale=val.stale, train_config=asdict(cfg),
+                            run_config=run_config)
 
     encoder = folded_backbone(model) if model.cfg.backbone_bn == 'frozen' else None   # after any resume
     if encoder is not None and channels_last: encoder = encoder.to(memory_format=torch.channels_last)
-    board = _tensorboard(out_dir) if rank == 0 else None
     bar = tqdm(total=end, initial=it, disable=not progress or rank != 0, desc='train', dynamic_ncols=True)
     model.train()
-    t_log, it_log = time.perf_counter(), it
-    while it < end:
-        epoch, start = divmod(it, per_epoch)
-        sampler = EpochSampler(len(dataset), cfg.batch_size, cfg.seed, epoch, start, rank, world)
-        loader = torch.utils.data.DataLoader(SeededEpisodes(dataset), batch_size=cfg.batch_size, sampler=sampler,
-                                             num_workers=cfg.workers, pin_memory=device.type == 'cuda',
-                                             drop_last=True, generator=gen)
-        for batch in loader:
-            if it >= end: break
-            batch = to_device(batch, device, channels_last)
-            lr = poly_lr(cfg, it, total)
-            for group in optimizer.param_groups: group['lr'] = lr
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                losses = episode_forward(net, encode_batch(model, encoder, batch), losses=True)['losses']
-            if not torch.isfinite(losses['total']):
-                terms = ', '.join(f"{k}={v.item():.4g}" for k, v in losses.items())
-                raise NonFiniteLossError(f"non-finite loss at iteration {it} (epoch {epoch}): {terms}; "
-                                         f"the last good checkpoint is {ckpt_dir / 'last.pth'}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(losses['total']).backward()
-            scaler.step(optimizer); scaler.update()
-            it += 1
-            bar.update(1)
-            if it % cfg.log_every == 0 or it == end:
-                now = time.perf_counter()
-                row = {'iteration': it, 'epoch': epoch, 'lr': lr, **{k: round(v.item(), 6) for k, v in losses.items()},
-                       'it_per_s': round((it - it_log) / (now - t_log), 4)}
-                t_log, it_log = now, it
-                bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in losses} | {'lr': f"{lr:.2e}"})
-                if rank == 0:
-                    with log_path.open('a') as f: f.write(json.dumps(row) + '\n')
-                if board is not None:
-                    for k, v in row.items():
-                        if k not in ('iteration', 'epoch'): board.add_scalar(f'train/{k}', v, it)
-            if it % every == 0 or it == end: checkpoint()
-    bar.close()
-    if board is not None: board.close()
-    return {'iterations': it, 'total': total, 'finished': it >= total, 'best': best,
-            'checkpoint': str(ckpt_dir / 'last.pth')}
-
-# %% ../nbs/07_train.ipynb #559c8412
-class RandomEpisodes(torch.utils.data.Dataset):
-    "Synthetic episodes for tests and demos: a bright square (class 1) on noise, drawn from the global RNGs."
-    def __init__(self, n: int = 16, size: int = 33, shots: int = 1): self.n, self.size, self.shots = n, size, shots
-    def __len__(self): return self.n
-
-    def _pair(self):
-        img, mask = torch.randn(3, self.size, self.size) * 0.5, torch.zeros(self.size, self.size, dtype=torch.long)
-        y, x = torch.randint(0, self.size // 2, (2,)).tolist(); s = self.size // 3
-        img[:, y:y + s, x:x + s] += 2.0; mask[y:y + s, x:x + s] = 1
-        return img, mask
-
-    def __getitem__(self, i):
-        q, qm = self._pair()
-        shots = [self._pair() for _ in range(self.shots)]
-        return dict(query_img=q, query_mask=qm, support_imgs=torch.stack([s[0] for s in shots]),
-                    support_masks=torch.stack([s[1] for s in shots]), class_id=1, episode=i)
+    t_log, it_log, start = time.perf_counter(), it, it
+    for it, epoch, batch in episode_batches(dataset, cfg, it, per_epoch, rank, world, device.type == 'cuda'):
+        if it >= end or val.stop: break
+        lr = poly_lr(cfg, it, total)
+        losses = train_step(net, model, encoder, to_device(batch, device, channels_last), optimizer, scaler, lr, dtype)
+        if not torch.isfinite(losses['total']):
+            terms = ', '.join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            raise NonFiniteLossError(f"non-finite loss at iteration {it} (epoch {epoch}): {terms}; "
+                                     f"the last good checkpoint is {ckpt_dir / 'last.pth'}")
+        it += 1; bar.update(1)
+        if it % cfg.log_every == 0 or it == end:
+            now = time.perf_counter()
+            row = {'iteration': it, 'epoch': epoch, 'lr': lr, **{k: round(v.item(), 6) for k, v in losses.items()},
+                   'it_per_s': round((it - it_log) / (now - t_log), 4)}
+            t_log, it_log = now, it
+            bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in losses} | {'lr': f"{lr:.2e}"})
+            log.write(row)
+        if it % every == 0 or it == end: checkpoint()
+    bar.close(); log.close()
+    return {'iterations': it, 'total': total, 'finished': it >= total or val.stop, 'stopped_early': val.stop,
+            'best': val.best, 'checkpoint': str(ckpt_dir / 'last.pth')}

@@ -43,6 +43,7 @@ class _PadTo(v2.Transform):
         fill = IGNORE if isinstance(inpt, tv_tensors.Mask) else 0
         return TF.pad(inpt, [0, 0, self.size - w, self.size - h], fill=fill)
 
+# %% ../nbs/01a_transforms.ipynb #aa11551f
 def to_original(logits: torch.Tensor, valid_hw: torch.Tensor, orig_hw: torch.Tensor) -> list[torch.Tensor]:
     """Map letterboxed predictions `(B, C, S, S)` back to each sample's original size: the top-left `valid_hw` region
     is cropped and resized bilinearly to `orig_hw` with align_corners=False, the exact inverse of the letterbox
@@ -82,6 +83,7 @@ def _ops(protocol: str, train: bool, size: int) -> list:
                  v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     return normalise + geometry
 
+# %% ../nbs/01a_transforms.ipynb #fe921006
 class JointTransform:
     "One protocol's transform of an image and its 0/1/255 mask; see the table above."
     def __init__(self, protocol: str = 'official', train: bool = True, size: int | None = None):

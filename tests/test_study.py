@@ -1,6 +1,8 @@
-"""A smoke study through papermill, the registry and both report notebooks to HTML: one fold, two runs, tiny
-images, two iterations each. One run is made to fail (an invalid model setting for that run only): it is recorded
-with its error while the other completes; a second call skips both; `retry_failed` runs the failed one again."""
+"""A smoke study through papermill, the registry and both report notebooks to HTML: one fold, tiny images, two
+iterations per training seed, two seeds per run. One run is made to fail (an invalid model setting for that run
+only): it is recorded with its error while the other completes; a second call skips both; `retry_failed` runs the
+failed one again. The same runs with `--jobs 1` and `--jobs 2` give identical metrics; a run forced to predict
+background only is marked collapsed."""
 import json
 import pandas as pd
 import pytest
@@ -11,9 +13,15 @@ GOOD, BAD = 'baseline-1shot-separate-fold0', 'sdaanet-1shot-separate-fold0'
 
 
 @pytest.fixture(scope='module')
-def smoke_study(tmp_path_factory):
+def data(tmp_path_factory):
     d = tmp_path_factory.mktemp('study')
     root = generate_embedded(d / 'emb', n_train=120, n_test=60, size_range=(65, 81), progress=False)
+    return d, root
+
+
+@pytest.fixture(scope='module')
+def smoke_study(data):
+    d, root = data
     extra = [f'cache_dir={d / "cache"}', f'{BAD}:model.alpha=-1']
     index = study(d / 'study', 'smoke', str(root), folds=(0,), device='cpu', jobs=2, html_dir=d / 'html',
                   only=[GOOD, BAD], extra=extra, progress=False)
@@ -26,13 +34,17 @@ def test_failed_run_is_recorded_and_the_other_completes(smoke_study):
     assert reg.loc[GOOD, 'status'] == 'done' and float(reg.loc[GOOD, 'seconds']) > 0
     assert reg.loc[BAD, 'status'] == 'failed' and 'alpha=-1' in reg.loc[BAD, 'error']
     assert (d / 'study' / 'runs' / BAD / 'run.ipynb').exists()           # the traceback notebook is kept
-    metrics = pd.read_csv(d / 'study' / 'runs' / GOOD / 'metrics.csv')
+    run = d / 'study' / 'runs' / GOOD
+    metrics = pd.read_csv(run / 'metrics.csv')
     assert set(metrics['method']) == {'baseline', 'prior-mask'}
-    miou = metrics.query("metric == 'mIoU'")['value']
-    assert len(miou) == 2 and miou.between(0, 1).all()
-    records = pd.read_csv(d / 'study' / 'runs' / GOOD / 'records.csv')
-    assert len(records) == 2 * 8 and records['iou'].between(0, 1).all()   # 8 episodes, model and prior mask
-    assert (d / 'study' / 'runs' / GOOD / 'figure_data.pt').exists()
+    miou = metrics.query("metric == 'mIoU'")
+    assert sorted(miou['train_seed']) == [-1, 0, 1] and set(miou['eval_seed']) == {321}   # two seeds + the prior mask
+    assert miou['value'].between(0, 1).all()
+    records = pd.read_csv(run / 'records.csv')
+    assert len(records) == 3 * 8 and records['iou'].between(0, 1).all()   # 8 episodes: two models, the prior mask
+    seeds = pd.read_csv(run / 'seeds.csv')
+    assert list(seeds['train_seed']) == [0, 1] and set(seeds.columns) >= {'iterations', 'best_val', 'collapsed'}
+    assert (run / 'figure_data.pt').exists() and (run / 'seed1' / 'checkpoints' / 'last.pth').exists()
 
 
 def test_html_report_links_tables_figures_and_runs(smoke_study):
@@ -58,3 +70,28 @@ def test_second_call_skips_done_and_failed_runs(smoke_study, capsys):
                     retry_failed=True, progress=False)
     row = reg.set_index('run_id').loc[BAD]
     assert row['status'] == 'failed' and row['ended'] != before.loc[BAD, 'ended']
+
+
+def test_jobs_do_not_change_the_numbers(data):
+    "The same runs one at a time and two side by side (in another order of completion): identical metrics.csv."
+    d, root = data
+    runs = ['baseline-1shot-separate-fold0', 'sdpm-1shot-separate-fold0', 'sdaanet-1shot-separate-fold0']
+    extra = [f'cache_dir={d / "cache"}', 'train.max_iters=4']
+    out = {}
+    for jobs in (1, 2):
+        reg = run_study(d / f'jobs{jobs}', 'smoke', str(root), folds=(0,), device='cpu', jobs=jobs, only=runs,
+                        extra=extra, progress=False)
+        assert (reg['status'] == 'done').all(), reg[['run_id', 'status', 'error']]
+        out[jobs] = {r: (d / f'jobs{jobs}' / 'runs' / r / 'metrics.csv').read_text() for r in runs}
+    assert out[1] == out[2]
+
+
+def test_background_only_run_is_marked_collapsed(data):
+    "A foreground weight of 1e-4 teaches the model background only: the registry and seeds.csv say collapsed."
+    d, root = data
+    run = 'saam-1shot-separate-fold0'
+    extra = [f'cache_dir={d / "cache"}', 'train.max_iters=30', 'model.fg_weight=0.0001']
+    reg = run_study(d / 'collapse', 'smoke', str(root), folds=(0,), device='cpu', only=[run], extra=extra,
+                    progress=False).set_index('run_id')
+    assert reg.loc[run, 'status'] == 'done' and reg.loc[run, 'collapsed'] == '2 of 2 seeds: 0, 1'
+    assert pd.read_csv(d / 'collapse' / 'runs' / run / 'seeds.csv')['collapsed'].all()

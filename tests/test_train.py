@@ -5,7 +5,8 @@ import torch
 
 from sdaanet.core import model_config, seed_everything
 from sdaanet.model import SDAANet
-from sdaanet.train import NonFiniteLossError, RandomEpisodes, train, train_config
+from sdaanet.train import NonFiniteLossError, train, train_config
+from fakes import RandomEpisodes
 
 
 def _model():
@@ -78,3 +79,17 @@ def test_tensorboard_events(tmp_path):
     acc = EventAccumulator(str(tmp_path / 'tensorboard')); acc.Reload()
     assert [e.step for e in acc.Scalars('train/total')] == [1, 2]
     assert {'train/lr', 'train/main', 'train/kd', 'train/support'} <= set(acc.Tags()['scalars'])
+
+
+def test_early_stop_after_patience(tmp_path):
+    "Validation at every iteration; two in a row without a new best end the run, best.pth keeps the best."
+    scores = iter([0.3, 0.2, 0.25, 0.9, 0.9])
+    cfg = train_config('embedded', batch_size=2, workers=0, log_every=1, checkpoint_every=1, max_iters=5,
+                       select='val', patience=2)
+    summary = train(_model(), RandomEpisodes(n=8, size=33), cfg, tmp_path, validate=lambda m: next(scores),
+                    progress=False)
+    assert summary['stopped_early'] and summary['iterations'] == 3
+    assert summary['best'] == {'score': 0.3, 'iteration': 1}
+    rows = [json.loads(l) for l in (tmp_path / 'train_log.jsonl').read_text().splitlines()]
+    assert [(r['iteration'], r['val_miou']) for r in rows if 'val_miou' in r] == [(1, 0.3), (2, 0.2), (3, 0.25)]
+    assert torch.load(tmp_path / 'checkpoints' / 'best.pth', weights_only=True)['iteration'] == 1
