@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 # %% ../nbs/11_cli.ipynb #27bc47ff
+#| eval: false
 if __name__ == '__main__':
     import sys
     sys.exit(main())

@@ -115,15 +115,15 @@ def from_dict(cls: ModelConfig, d: dict) -> ModelConfig:
 
 # %% ../nbs/00_core.ipynb #c03aa4f9
 _EMBEDDED = dict(
-    model=dict(backbone='efficientnet_lite0', reduce_dim=32, saam_dim=64, fg_weight=3.0, alpha=1.0,
+    model=dict(backbone='efficientnet_lite0', reduce_dim=32, saam_dim=64, fg_weight=8.0, alpha=1.0,
                decoder_bins=(1.0, 0.5, 0.25, 0.125)),
     train=dict(epochs=6, batch_size=8, optimizer='adamw', base_lr=0.002, warmup_iters=20, workers=2, log_every=5),
     run=dict(dataset='embedded', data_root='data/embedded'),
     eval=dict(episodes=300, workers=2, scales=(89, 129)),
     study=dict(overrides=['cache_features=true', 'eval.batch_size=20', 'eval.workers=0', 'train.workers=0',
-                          'train.select=val', 'train.checkpoint_every=50', 'train.patience=2', 'train.val_episodes=100'],
-               per_shots={1: ['train.max_iters=300', 'train.batch_size=4'],
-                          5: ['train.max_iters=300', 'train.batch_size=2']},
+                          'train.select=val', 'train.checkpoint_every=50', 'train.patience=2', 'train.val_episodes=60'],
+               per_shots={1: ['train.max_iters=200', 'train.batch_size=4'],
+                          5: ['train.max_iters=200', 'train.batch_size=2']},
                train_seeds=(0, 1, 2), threads=1, multiscale='pyramid'))
 
 _PAPER_STUDY = dict(overrides=['eval.seeds=5'], per_shots={}, train_seeds=(0, 1, 2), threads=None, multiscale='paper')

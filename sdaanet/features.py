@@ -5,6 +5,7 @@
 # %% ../nbs/06a_features.ipynb #df982901
 from __future__ import annotations
 import hashlib, os, time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np
 import torch
@@ -60,14 +61,26 @@ class FeatureCache:
 
 # %% ../nbs/06a_features.ipynb #a490ef7c
 def build_feature_cache(model: SDAANet, index: ClassIndex, size: int, batch_size: int = 32,
-                        dtype=torch.float16, progress: bool = True) -> FeatureCache:
-    "Run `model`'s frozen encoder (BatchNorm folded) over every image and (image, class) pair of `index`."
+                        dtype=torch.float16, progress: bool = True, parts: int = 1) -> FeatureCache:
+    """Run `model`'s frozen encoder (BatchNorm folded) over every image and (image, class) pair of `index`, in
+    `parts` threads over consecutive runs of whole batches (the same batches, so the same numbers, as one part)."""
     backbone = folded_backbone(model)
+    starts = list(range(0, len(index.ids), batch_size))
+    n = -(-len(starts) // parts)
+    chunks = [starts[i:i + n] for i in range(0, len(starts), n)]
+    with ThreadPoolExecutor(len(chunks)) as pool:
+        done = list(pool.map(lambda c: _encode_batches(backbone, index, size, c, batch_size, dtype, progress), chunks))
+    f2s, f3s, f4s, s4s, masks, pairs = ([x for d in done for x in d[k]] for k in range(6))
+    return FeatureCache(index.ids, size, torch.cat(f2s), torch.cat(f3s), torch.cat(f4s), pairs, torch.cat(s4s),
+                        torch.cat(masks))
+
+def _encode_batches(backbone, index: ClassIndex, size: int, starts, batch_size: int, dtype, progress: bool):
+    "The features of the image batches beginning at `starts`: lists f2, f3, f4, s4, masks, pairs."
     device = next(backbone.parameters()).device
     tf = JointTransform('official', False, size)
     f2s, f3s, f4s, s4s, masks, pairs = [], [], [], [], [], []
     with torch.inference_mode():
-        for start in tqdm(range(0, len(index.ids), batch_size), disable=not progress, desc='feature cache'):
+        for start in tqdm(starts, disable=not progress, desc='feature cache'):
             ids = index.ids[start:start + batch_size]
             imgs, pair_rows, pair_masks = [], [], []
             for j, image_id in enumerate(ids):
@@ -86,8 +99,7 @@ def build_feature_cache(model: SDAANet, index: ClassIndex, size: int, batch_size
                 pm = torch.stack(pair_masks)
                 soft = SDAANet.resize_masks((pm == 1).float()[:, None, None].to(device), f3.shape[-2:])[:, 0]
                 s4s.append(backbone.high(f3[pair_rows] * soft).to('cpu', dtype)); masks.append(pm)
-    return FeatureCache(index.ids, size, torch.cat(f2s), torch.cat(f3s), torch.cat(f4s), pairs, torch.cat(s4s),
-                        torch.cat(masks))
+    return f2s, f3s, f4s, s4s, masks, pairs
 
 # %% ../nbs/06a_features.ipynb #98be6dc6
 def _cache_key(model: SDAANet, index: ClassIndex, size: int) -> str:
@@ -96,7 +108,8 @@ def _cache_key(model: SDAANet, index: ClassIndex, size: int) -> str:
     h.update('\n'.join(index.ids).encode()); h.update(np.ascontiguousarray(index.areas).tobytes())
     return h.hexdigest()[:16]
 
-def feature_cache(model: SDAANet, spec: DataSpec, index: ClassIndex | None = None, progress: bool = True) -> FeatureCache:
+def feature_cache(model: SDAANet, spec: DataSpec, index: ClassIndex | None = None, progress: bool = True,
+                  parts: int = 1) -> FeatureCache:
     "The `FeatureCache` of `spec`'s split at `spec`'s evaluation size for `model`'s backbone (built on first use)."
     if spec.protocol != 'official':
         raise ValueError(f"protocol={spec.protocol!r} is not allowed with a feature cache; expected 'official' "
@@ -106,10 +119,10 @@ def feature_cache(model: SDAANet, spec: DataSpec, index: ClassIndex | None = Non
     key = _cache_key(model, index, size)
     path = Path(spec.cache_dir or default_cache_dir()) / f"features-{spec.name}-{spec.split}-{size}-{key}.pt"
     if path.exists():
-        d = torch.load(path, map_location='cpu', weights_only=False)
+        d = torch.load(path, map_location='cpu', weights_only=False, mmap=True)   # shared pages, no copy
         if d.get('format') == CACHE_FORMAT and d.get('key') == key: return FeatureCache.from_state(d)
     t0 = time.perf_counter()
-    cache = build_feature_cache(model, index, size, progress=progress)
+    cache = build_feature_cache(model, index, size, progress=progress, parts=parts)
     cache.key = key
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f'.{os.getpid()}.tmp'); torch.save(cache.state(), tmp); tmp.replace(path)

@@ -5,6 +5,7 @@
 # %% ../nbs/13_report.ipynb #c34def0b
 from __future__ import annotations
 import html, json, os, platform, re, subprocess, sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -514,10 +515,17 @@ def sigmoid(a) -> np.ndarray: return 1 / (1 + np.exp(-np.asarray(a, dtype=np.flo
 REPORTS = ('tables', 'figures')
 PAPER_COLUMNS = ['table', 'method', 'backbone', 'shots', 'fold', 'value', 'note']
 
+def _run(cmd: list[str]) -> None:
+    "Run a subprocess; a failure is an error that names the command and ends with its own last lines."
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        tail = '\n'.join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        raise RuntimeError(f"{' '.join(cmd[2:5])} ... failed (exit {proc.returncode}):\n{tail}")
+
 def _html(notebook: Path, out_dir: Path, name: str, no_input: bool = False) -> Path:
     "Convert `notebook` to `<out_dir>/<name>.html` with nbconvert (without its code cells when `no_input`)."
-    subprocess.run([sys.executable, '-m', 'jupyter', 'nbconvert', '--to', 'html', str(notebook), '--output-dir',
-                    str(out_dir), '--output', name, *(['--no-input'] if no_input else [])], check=True, capture_output=True)
+    _run([sys.executable, '-m', 'jupyter', 'nbconvert', '--to', 'html', str(notebook), '--output-dir', str(out_dir),
+          '--output', name, *(['--no-input'] if no_input else [])])
     return out_dir / f'{name}.html'
 
 def study_claims(study_dir, reports_dir='reports') -> tuple[pd.DataFrame, str]:
@@ -534,18 +542,22 @@ def build_report(study_dir, html_dir='reports/_html', reports_dir='reports', wal
     study_dir, html_dir, reports_dir = Path(study_dir), Path(html_dir), Path(reports_dir)
     html_dir.mkdir(parents=True, exist_ok=True)
     reg = pd.read_csv(study_dir / 'registry.csv', dtype=str, keep_default_na=False)
-    pages = {}
-    for name in REPORTS:
+
+    def report(name):                       # executed with papermill, converted without its code
         executed = study_dir / 'reports' / f'{name}.ipynb'
         executed.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, '-m', 'papermill', str(reports_dir / f'{name}.ipynb'), str(executed), '-p',
-                        'study_dir', str(study_dir), '--no-progress-bar', '-k', 'python3'], check=True, capture_output=True)
-        pages[name] = _html(executed, html_dir, name, no_input=True)
-    runs = []
-    for r in reg.to_dict('records'):
+        _run([sys.executable, '-m', 'papermill', str(reports_dir / f'{name}.ipynb'), str(executed), '-p',
+              'study_dir', str(study_dir), '--no-progress-bar', '-k', 'python3'])
+        return _html(executed, html_dir, name, no_input=True)
+
+    def run_page(r):
         nb = Path(r['notebook'])
-        page = _html(nb, html_dir / 'runs', r['run_id']).relative_to(html_dir) if r['notebook'] and nb.exists() else None
-        runs.append((r, page))
+        return _html(nb, html_dir / 'runs', r['run_id']).relative_to(html_dir) if r['notebook'] and nb.exists() else None
+
+    with ThreadPoolExecutor(2) as pool:     # two subprocesses at a time: the report is mostly kernel starts
+        pages = dict(zip(REPORTS, pool.map(report, REPORTS)))
+        rows = reg.to_dict('records')
+        runs = list(zip(rows, pool.map(run_page, rows)))
     meta = json.loads((study_dir / 'study.json').read_text()) if (study_dir / 'study.json').exists() else {}
     if wall_time is not None: meta['wall_seconds'] = round(wall_time, 1)
     index = html_dir / 'index.html'

@@ -162,14 +162,14 @@ def eval_scales(cfg: RunConfig) -> tuple[int, ...]:
     "The multi-scale sizes of `cfg` (`eval.scales`, else the paper's 321 and 473)."
     return cfg.eval.scales or PAPER_SCALES
 
-def eval_caches(model: SDAANet, cfg: RunConfig, index, progress: bool = False):
+def eval_caches(model: SDAANet, cfg: RunConfig, index, progress: bool = False, parts: int = 1):
     """The feature cache of the test split at the evaluation size and, for `pyramid` multi-scale, the caches at the
-    other scales (by size); (None, None) without `cache_features`."""
+    other scales (by size); (None, None) without `cache_features`. `parts`: threads that build a missing cache."""
     if not cfg.cache_features: return None, None
     spec = data_spec(cfg, 'test')
-    cache = feature_cache(model, spec, index, progress=progress)
+    cache = feature_cache(model, spec, index, progress=progress, parts=parts)
     if cfg.eval.multiscale != 'pyramid': return cache, None
-    return cache, {s: feature_cache(model, dataclasses.replace(spec, size=s), index, progress=progress)
+    return cache, {s: feature_cache(model, dataclasses.replace(spec, size=s), index, progress=progress, parts=parts)
                    for s in eval_scales(cfg) if s != cache.size}
 
 # %% ../nbs/09_runs.ipynb #63899ec2

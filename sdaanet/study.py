@@ -211,19 +211,20 @@ def run_study(study_dir, preset: str = 'embedded', data_root: str | None = None,
 # %% ../nbs/12_study.ipynb #f7012569
 def prepare(todo: list[dict], threads: int | None = None) -> None:
     """Build the class indexes and feature caches (training split; test split at every evaluation size) once,
-    before parallel runs would each build them: two builders side by side, each on `threads` threads."""
+    before parallel runs would each build them: each cache by two threads of `threads` threads each (the same
+    numbers as one builder)."""
     for params in todo:
         try: cfg = study_run_config(params)
         except ValueError: continue      # an invalid run fails in its own notebook, where the registry records it
         if not cfg.cache_features: return
         model, before = SDAANet(cfg.model), torch.get_num_threads()
-        evals = [dataclasses.replace(cfg, eval=cfg.eval.replace(multiscale=ms)) for _, ms in params['evals']]
-        def train_cache(): spec = data_spec(cfg, 'train'); feature_cache(model, spec, load_index(spec, progress=False), progress=False)
-        def test_caches():
-            for c in evals: eval_caches(model, c, load_index(data_spec(c, 'test'), progress=False))
+        readings = sorted({ms for p in todo for _, ms in p['evals']})       # every multi-scale reading of the study
+        evals = [dataclasses.replace(cfg, eval=cfg.eval.replace(multiscale=ms)) for ms in readings]
         try:
             if threads: torch.set_num_threads(threads)
-            with ThreadPoolExecutor(2) as pool: [f.result() for f in [pool.submit(train_cache), pool.submit(test_caches)]]
+            spec = data_spec(cfg, 'train')
+            feature_cache(model, spec, load_index(spec, progress=False), progress=False, parts=2)
+            for c in evals: eval_caches(model, c, load_index(data_spec(c, 'test'), progress=False), parts=2)
         finally: torch.set_num_threads(before)
         return
 

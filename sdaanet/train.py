@@ -199,7 +199,9 @@ def episode_batches(dataset, cfg: TrainConfig, start: int, per_epoch: int, rank:
 
 # %% ../nbs/07_train.ipynb #38498564
 class Validation:
-    "The best validation score so far and the early stop: `patience` checks in a row without a new best."
+    """The best validation score so far and the early stop: `patience` checks in a row without a new best. A model
+    that has not yet predicted any foreground on validation (best score 0) has not started learning: the count
+    waits for it."""
     def __init__(self, patience: int | None = None, best: dict | None = None, stale: int = 0):
         self.patience, self.best, self.stale = patience, best, stale
 
@@ -208,7 +210,7 @@ class Validation:
         if self.best is None or score > self.best['score']:
             self.best, self.stale = {'score': score, 'iteration': iteration}, 0
             return True
-        self.stale += 1
+        if self.best['score'] > 0: self.stale += 1
         return False
 
     @property
