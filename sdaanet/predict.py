@@ -15,7 +15,7 @@ from .modules import resize
 from .model import SDAANet
 
 # %% auto #0
-__all__ = ['read_support_mask']
+__all__ = ['read_support_mask', 'predict_images', 'write_prediction', 'predict_files']
 
 # %% ../nbs/09a_predict.ipynb #0f99a05a
 def _image_tensor(img: np.ndarray, size: int) -> torch.Tensor:
@@ -34,3 +34,52 @@ def read_support_mask(path, shape) -> np.ndarray:
     out = np.where(m == IGNORE, IGNORE, m != 0).astype(np.uint8)
     if not (out == 1).any(): raise ValueError(f"support mask {path} marks no object pixel")
     return out
+
+# %% ../nbs/09a_predict.ipynb #d3b0e003
+@torch.inference_mode()
+def predict_images(model: SDAANet, queries: list[np.ndarray], supports: list[np.ndarray], masks: list[np.ndarray],
+                   size: int = 473, batch_size: int = 4) -> list[np.ndarray]:
+    "Foreground probability maps (each at its query's size) of `queries` (uint8 HxWx3) given the support set."
+    model = model.eval()
+    dev = next(model.parameters()).device
+    s_img = torch.stack([_image_tensor(s, size) for s in supports])[None].to(dev)          # (1, K, 3, S, S)
+    s_mask = torch.stack([torch.nn.functional.interpolate(torch.from_numpy(m)[None, None].float(), size=(size, size),
+                                                          mode='nearest')[0, 0] for m in masks])[None].long().to(dev)
+    support = model.encode_support(s_img, s_mask)                                          # once for all queries
+    out = []
+    for start in range(0, len(queries), batch_size):
+        chunk = queries[start:start + batch_size]
+        q = torch.stack([_image_tensor(x, size) for x in chunk]).to(dev)
+        expanded = [t.expand(len(chunk), *t.shape[1:]) for t in support]
+        logits = model.head((size, size), *model.encode_query(q), *expanded)['logits']
+        probs = logits.float().softmax(1)[:, 1:]
+        out += [resize(p[None], x.shape[:2])[0, 0].cpu().numpy() for p, x in zip(probs, chunk)]
+    return out
+
+# %% ../nbs/09a_predict.ipynb #d3b0e005
+def write_prediction(path_stem: Path, image: np.ndarray, prob: np.ndarray) -> tuple[Path, Path]:
+    "Write `<stem>_mask.png` (0/255) and `<stem>_overlay.png` (the prediction in red over the image)."
+    mask = prob > 0.5
+    overlay = image.astype(np.float32).copy()
+    overlay[mask] = overlay[mask] * 0.45 + np.array([255, 0, 0]) * 0.55
+    path_stem.parent.mkdir(parents=True, exist_ok=True)
+    mp, op = Path(f'{path_stem}_mask.png'), Path(f'{path_stem}_overlay.png')
+    Image.fromarray((mask * 255).astype(np.uint8)).save(mp)
+    Image.fromarray(overlay.clip(0, 255).astype(np.uint8)).save(op)
+    return mp, op
+
+def predict_files(model: SDAANet, support_paths: list, mask_paths: list, query_paths: list, out_dir,
+                  size: int = 473, batch_size: int = 4) -> list[dict]:
+    "Segment the query image files with the support image/mask files; writes mask and overlay PNGs into `out_dir`."
+    if len(support_paths) != len(mask_paths) or not support_paths:
+        raise ValueError(f"got {len(support_paths)} support image(s) and {len(mask_paths)} mask(s); expected one mask "
+                         "per support image, at least one")
+    supports = [read_image(p) for p in support_paths]
+    masks = [read_support_mask(mp, s.shape[:2]) for mp, s in zip(mask_paths, supports)]
+    queries = [read_image(p) for p in query_paths]
+    probs = predict_images(model, queries, supports, masks, size, batch_size)
+    rows = []
+    for path, img, prob in zip(query_paths, queries, probs):
+        mp, op = write_prediction(Path(out_dir) / Path(path).stem, img, prob)
+        rows.append(dict(query=str(path), mask=str(mp), overlay=str(op), foreground=float((prob > 0.5).mean())))
+    return rows

@@ -9,7 +9,7 @@ import pandas as pd
 from .evaluate import EMPTY_IOU
 
 # %% auto #0
-__all__ = ['KEY', 'VERDICTS', 'weighted_miou', 'seed_arrays', 'bootstrap', 'verdict', 'collapsed']
+__all__ = ['KEY', 'weighted_miou', 'seed_arrays', 'bootstrap', 'verdict', 'collapsed']
 
 # %% ../nbs/12b_stats.ipynb #282c0872
 def weighted_miou(inter, union, cls, weights) -> np.ndarray:
@@ -84,8 +84,6 @@ def bootstrap(a: pd.DataFrame, b: pd.DataFrame | None = None, n_boot: int = 2000
                 seeds=seeds(a) if b is None else min(seeds(a), seeds(b)), paired_episodes=all(paired) if b is not None else None)
 
 # %% ../nbs/12b_stats.ipynb #78dbbbac
-VERDICTS = ('reproduced', 'contradicted', 'undetermined')
-
 def verdict(lo: float, hi: float, expected: int = 1) -> str:
     "The verdict of a claim that the difference has the sign of `expected`, from its interval [lo, hi]."
     if expected not in (1, -1): raise ValueError(f"expected={expected!r} is not allowed; expected 1 or -1")
