@@ -559,7 +559,7 @@ def build_report(study_dir, html_dir='reports/_html', reports_dir='reports', wal
         rows = reg.to_dict('records')
         runs = list(zip(rows, pool.map(run_page, rows)))
     meta = json.loads((study_dir / 'study.json').read_text()) if (study_dir / 'study.json').exists() else {}
-    if wall_time is not None: meta['wall_seconds'] = round(wall_time, 1)
+    if wall_time is not None: meta['seconds_before_report'] = round(wall_time, 1)
     index = html_dir / 'index.html'
     index.write_text(_index_html(meta, pages, runs, html_dir, claims_html(*study_claims(study_dir, reports_dir))))
     return index
