@@ -121,9 +121,9 @@ _EMBEDDED = dict(
     run=dict(dataset='embedded', data_root='data/embedded'),
     eval=dict(episodes=300, workers=2, scales=(89, 129)),
     study=dict(overrides=['cache_features=true', 'eval.batch_size=20', 'eval.workers=0', 'train.workers=0',
-                          'train.select=val', 'train.checkpoint_every=50', 'train.patience=2', 'train.val_episodes=60'],
-               per_shots={1: ['train.max_iters=200', 'train.batch_size=4'],
-                          5: ['train.max_iters=200', 'train.batch_size=2']},
+                          'train.select=val', 'train.checkpoint_every=50', 'train.patience=2', 'train.val_episodes=40'],
+               per_shots={1: ['train.max_iters=180', 'train.batch_size=4'],
+                          5: ['train.max_iters=180', 'train.batch_size=2']},
                train_seeds=(0, 1, 2), threads=1, multiscale='pyramid'))
 
 _PAPER_STUDY = dict(overrides=['eval.seeds=5'], per_shots={}, train_seeds=(0, 1, 2), threads=None, multiscale='paper')
