@@ -4,16 +4,17 @@
 
 # %% ../nbs/06_checkpoints.ipynb #ab526990
 from __future__ import annotations
-import os, re
+import os, re, zipfile
 from pathlib import Path
 import torch
-from .core import ModelConfig
+from .core import ModelConfig, DECODER_BINS, check_choice
 from .model import SDAANet
 
 # %% auto #0
-__all__ = ['OFFICIAL_PREFIXES', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'from_official_name', 'to_official_name',
-           'CheckpointMismatchError', 'check_state_dict', 'state_dict_from_spec', 'official_config',
-           'load_official_checkpoint', 'export_official', 'atomic_save', 'save_checkpoint', 'load_checkpoint']
+__all__ = ['OFFICIAL_PREFIXES', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'RELEASED_INPUT_SIZE', 'from_official_name',
+           'to_official_name', 'CheckpointError', 'CheckpointMismatchError', 'check_state_dict', 'state_dict_from_spec',
+           'official_config', 'load_official_checkpoint', 'export_official', 'atomic_save', 'save_checkpoint',
+           'training_record', 'load_checkpoint']
 
 # %% ../nbs/06_checkpoints.ipynb #90c18b33
 OFFICIAL_PREFIXES = (  # (released name prefix, our name prefix)
@@ -34,7 +35,10 @@ def from_official_name(name: str) -> str | None: return _rename(name, 0)
 def to_official_name(name: str) -> str | None: return _rename(name, 1)
 
 # %% ../nbs/06_checkpoints.ipynb #96688d08
-class CheckpointMismatchError(ValueError):
+class CheckpointError(ValueError):
+    "A file that is not a readable checkpoint of the expected kind; the message names it and what was expected."
+
+class CheckpointMismatchError(CheckpointError):
     "A checkpoint that does not fit the model; the message lists missing, unexpected and mis-shaped keys."
 
 def _listing(title: str, items: list, most: int = 20) -> str:
@@ -68,14 +72,34 @@ def state_dict_from_spec(path, seed: int = 0) -> dict:
     return sd
 
 # %% ../nbs/06_checkpoints.ipynb #54b30654
-def _read(src, what: str) -> dict:
-    if isinstance(src, dict): return src
-    path = Path(src)
-    if not path.is_file(): raise FileNotFoundError(f"{what} not found: {path}")
-    return torch.load(path, map_location='cpu', weights_only=True)
+CHECKPOINT_FORMAT, CHECKPOINT_VERSION = 'sdaanet-checkpoint', 1
+RELEASED_INPUT_SIZE = 473           # the released evaluation's input size
 
-def official_config(sd: dict, **overrides) -> ModelConfig:
-    "The `ModelConfig` a released state dict (without `module.`) was trained with, plus `overrides`."
+def _read(src, what: str) -> dict:
+    "The dict saved at `src` (a dict passes through), the file checked before `torch.load` reads it."
+    if isinstance(src, dict): return src
+    path, expected = Path(src), 'expected a file written by torch.save'
+    if not path.is_file(): raise FileNotFoundError(f"{what} not found: {path}")
+    with path.open('rb') as f: head = f.read(4)
+    if not head: raise CheckpointError(f"{what} {path} is empty (0 bytes); {expected}")
+    if head == b'PK\x03\x04':                       # torch's zip format
+        if not zipfile.is_zipfile(path): raise CheckpointError(f"{what} {path} is truncated (its zip archive has no end); {expected}, whole")
+    elif head[:1] != b'\x80':                        # nor the legacy pickle format
+        raise CheckpointError(f"{what} {path} is not a torch file (it starts with {head!r}: a text file?); {expected}")
+    try: ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read {what} {path}: {type(e).__name__}: {e}; {expected} (truncated or damaged?)") from e
+    if not isinstance(ckpt, dict): raise CheckpointError(f"{what} {path} holds a {type(ckpt).__name__}; expected a dict")
+    return ckpt
+
+def _keys(d: dict, most: int = 6) -> str:
+    keys = list(d)
+    return f"{keys[:most]}" + (f" and {len(keys) - most} more" if len(keys) > most else '')
+
+def official_config(sd: dict, dataset: str | None = None, **overrides) -> ModelConfig:
+    """The `ModelConfig` a released state dict (without `module.`) was trained with, plus `overrides`; `dataset`
+    ('pascal' or 'coco'; None: ResNet-101 means COCO) decides the decoder bins."""
+    if dataset is not None: check_choice('dataset', dataset, DECODER_BINS)
     def shape(k):
         if k not in sd: raise CheckpointMismatchError(f"released checkpoint has no {k!r}; is this an SD-AANet checkpoint?")
         return sd[k].shape
@@ -86,6 +110,8 @@ def official_config(sd: dict, **overrides) -> ModelConfig:
             raise CheckpointMismatchError(f"cannot tell the backbone from {n3} layer3 blocks (ResNet-50 has 6, "
                                           "ResNet-101 23); pass backbone=...")
         inferred['backbone'] = 'resnet50' if n3 == 6 else 'resnet101'
+    backbone = overrides.get('backbone', inferred.get('backbone'))
+    inferred['decoder_bins'] = DECODER_BINS[dataset or ('coco' if backbone == 'resnet101' else 'pascal')]
     inferred['use_sdpm'] = 'se_supp.0.weight' in sd
     if inferred['use_sdpm']: inferred['se_reduction'] = shape('se_supp.2.weight')[0] // shape('se_supp.0.weight')[0]
     inferred['use_saam'] = 'simple_mask.0.weight' in sd
@@ -93,18 +119,26 @@ def official_config(sd: dict, **overrides) -> ModelConfig:
     return ModelConfig().replace(**{**inferred, **overrides})
 
 # %% ../nbs/06_checkpoints.ipynb #f390d300
-def load_official_checkpoint(src, model: SDAANet | None = None, **overrides) -> SDAANet:
+def load_official_checkpoint(src, model: SDAANet | None = None, dataset: str | None = None, **overrides) -> SDAANet:
     """Load a released checkpoint (path or dict; `{'state_dict': {'module.<name>': tensor}}`) strictly into `model`,
-    or into a new `official` model whose configuration is inferred from the tensors (`overrides` win)."""
+    or into a new `official` model whose configuration is inferred from the tensors and `dataset` (`overrides` win).
+    `model.trained_on` says what is known of its training (the released input size, 473)."""
     ckpt = _read(src, 'released checkpoint')
+    source = str(src) if not isinstance(src, dict) else 'the released state dict'
+    if ckpt.get('format') == CHECKPOINT_FORMAT: raise CheckpointError(f"{source} is one of our checkpoints; use load_checkpoint")
     sd = ckpt.get('state_dict', ckpt)
+    if not isinstance(sd, dict) or not sd or not all(torch.is_tensor(v) for v in sd.values()):
+        raise CheckpointError(f"{source} is not a released checkpoint: it has the keys {_keys(ckpt)}; expected "
+                              "{'state_dict': {name: tensor}} or a state dict of tensors")
     sd = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in sd.items()}
-    if model is None: model = SDAANet(official_config(sd, **overrides))
+    if model is None:
+        try: model = SDAANet(official_config(sd, dataset, **overrides))
+        except CheckpointMismatchError as e: raise CheckpointMismatchError(f"{source}: {e}") from None
     ours = {from_official_name(k) or f'<unmapped>{k}': v for k, v in sd.items()}
-    source = src if not isinstance(src, dict) else 'the released state dict'
-    check_state_dict(model.state_dict(), ours, str(source),
+    check_state_dict(model.state_dict(), ours, source,
                      name_of=lambda k: k[len('<unmapped>'):] if k.startswith('<unmapped>') else to_official_name(k) or k)
     model.load_state_dict(ours, strict=True)
+    model.trained_on = dict(dataset=dataset, fold=None, input_size=RELEASED_INPUT_SIZE)
     return model
 
 # %% ../nbs/06_checkpoints.ipynb #0f9917cd
@@ -118,8 +152,6 @@ def export_official(model: SDAANet, epoch: int = 0) -> dict:
     return {'epoch': epoch, 'state_dict': sd}
 
 # %% ../nbs/06_checkpoints.ipynb #4957dd3a
-CHECKPOINT_FORMAT, CHECKPOINT_VERSION = 'sdaanet-checkpoint', 1
-
 def atomic_save(obj, path) -> Path:
     "`torch.save` to a temporary file beside `path`, then rename over `path`."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,15 +169,34 @@ def save_checkpoint(path, model: SDAANet, **extra) -> Path:
     return atomic_save({'format': CHECKPOINT_FORMAT, 'version': CHECKPOINT_VERSION,
                         'config': model.cfg.to_dict(), 'model': model.state_dict(), **extra}, path)
 
+def training_record(ckpt: dict) -> dict:
+    """What a checkpoint says of its training: `dataset`, `fold` and `input_size` (None: not recorded), from the
+    `trained_on` entry that `train` saves, else from an older checkpoint's run config."""
+    if 'trained_on' in ckpt: return {'dataset': None, 'fold': None, 'input_size': None, **ckpt['trained_on']}
+    rc = ckpt.get('run_config') or {}
+    size = rc.get('train_size')
+    if size is None and 'dataset' in rc:
+        from sdaanet.data import DataSpec
+        size = DataSpec(rc['dataset'], protocol=rc.get('protocol', 'official')).transform().size
+    return dict(dataset=rc.get('dataset'), fold=rc.get('fold'), input_size=size)
+
 def load_checkpoint(path, map_location='cpu') -> tuple[SDAANet, dict]:
-    "The model saved at `path` (strictly loaded) and the whole checkpoint dict."
-    ckpt = _read(path, 'checkpoint') if not isinstance(path, dict) else path
-    if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:
-        hint = " (a released checkpoint? use load_official_checkpoint)" if isinstance(ckpt, dict) and 'state_dict' in ckpt else ""
-        raise ValueError(f"{path} is not an sdaanet checkpoint{hint}")
-    cfg = ModelConfig.from_dict({**ckpt['config'], 'backbone_weights': None})
+    """The model saved at `path` (strictly loaded; `model.trained_on` is its `training_record`) and the whole
+    checkpoint dict."""
+    ckpt = _read(path, 'checkpoint')
+    source = str(path) if not isinstance(path, dict) else 'the checkpoint dict'
+    if ckpt.get('format') != CHECKPOINT_FORMAT:
+        hint = " (a released checkpoint? use load_official_checkpoint)" if 'state_dict' in ckpt else ""
+        raise CheckpointError(f"{source} is not an sdaanet checkpoint{hint}: it has the keys {_keys(ckpt)}; expected "
+                              f"one written by save_checkpoint (format {CHECKPOINT_FORMAT!r})")
+    missing = [k for k in ('version', 'config', 'model') if k not in ckpt]
+    if missing: raise CheckpointError(f"{source} has no {missing}; expected the entries save_checkpoint writes")
+    if ckpt['version'] > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{source} is format version {ckpt['version']}; this sdaanet reads up to {CHECKPOINT_VERSION}")
+    try: cfg = ModelConfig.from_dict({**ckpt['config'], 'backbone_weights': None})
+    except (TypeError, ValueError) as e: raise CheckpointError(f"{source} holds a model config this sdaanet refuses: {e}") from e
     model = SDAANet(cfg)
-    check_state_dict(model.state_dict(), ckpt['model'], str(path))
+    check_state_dict(model.state_dict(), ckpt['model'], source)
     model.load_state_dict(ckpt['model'], strict=True)
-    model.cfg = ModelConfig.from_dict(ckpt['config'])
+    model.cfg, model.trained_on = ModelConfig.from_dict(ckpt['config']), training_record(ckpt)
     return model, ckpt

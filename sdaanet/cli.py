@@ -4,18 +4,31 @@
 
 # %% ../nbs/11_cli.ipynb #7d02e2a4
 from __future__ import annotations
-import argparse, json, time
-import torch
-from .core import PRESETS, model_config, seed_everything
-from .model import SDAANet
+import argparse, json, sys, time
+from pathlib import Path
+from .core import PRESETS      # torch-free: parsing and --help never load torch; each command imports what it runs
 
 # %% auto #0
-__all__ = ['smoke', 'index_summary', 'main']
+__all__ = ['USAGE_ERRORS', 'positive_int', 'non_negative_int', 'share', 'smoke', 'index_summary', 'build_parser', 'main']
+
+# %% ../nbs/11_cli.ipynb #5f14e408
+def _number(kind, text: str, ok, expected: str):
+    try: value = kind(text)
+    except ValueError: value = None
+    if value is None or not ok(value): raise argparse.ArgumentTypeError(f"{text!r} is not allowed; expected {expected}")
+    return value
+
+def positive_int(text: str) -> int: return _number(int, text, lambda v: v >= 1, 'a positive integer')
+def non_negative_int(text: str) -> int: return _number(int, text, lambda v: v >= 0, 'an integer >= 0')
+def share(text: str) -> float: return _number(float, text, lambda v: 0 < v <= 1, 'a number in (0, 1]')
 
 # %% ../nbs/11_cli.ipynb #a13c7625
 def smoke(preset: str = 'embedded', size: int = 161, shots: int = 1, batch: int = 2, weights: str | None = 'imagenet',
           seed: int = 0) -> dict:
     "One training step and one inference pass of the `preset` model on a random episode; returns a summary."
+    import torch
+    from sdaanet.core import model_config, seed_everything
+    from sdaanet.model import SDAANet
     seed_everything(seed)
     t0 = time.perf_counter()
     model = SDAANet(model_config(preset, shots=shots, backbone_weights=weights))
@@ -42,9 +55,9 @@ def smoke(preset: str = 'embedded', size: int = 161, shots: int = 1, batch: int 
 def _add_smoke_parser(sub) -> None:
     p = sub.add_parser('smoke', help='one training step and one inference pass on a random episode')
     p.add_argument('--preset', default='embedded', choices=sorted(PRESETS))
-    p.add_argument('--size', type=int, default=161, help='square input size in pixels')
-    p.add_argument('--shots', type=int, default=1)
-    p.add_argument('--batch', type=int, default=2)
+    p.add_argument('--size', type=positive_int, default=161, help='square input size in pixels')
+    p.add_argument('--shots', type=positive_int, default=1)
+    p.add_argument('--batch', type=positive_int, default=2)
     p.add_argument('--random-weights', action='store_true', help='random backbone instead of ImageNet weights')
 
 # %% ../nbs/11_cli.ipynb #f30f9269
@@ -60,7 +73,7 @@ def _add_data_parser(sub) -> None:
     dsub = p.add_subparsers(dest='data_command', required=True)
     g = dsub.add_parser('generate', help='write the embedded benchmark (VOC layout)')
     g.add_argument('--root', default='data/embedded'); g.add_argument('--seed', type=int, default=0)
-    g.add_argument('--n-train', type=int, default=2400); g.add_argument('--n-test', type=int, default=600)
+    g.add_argument('--n-train', type=positive_int, default=2400); g.add_argument('--n-test', type=positive_int, default=600)
     for name, helptext in (('index', "build or load a dataset's class index and print images per class"),
                            ('episodes', 'save a seeded test-episode list (json) that can be replayed')):
         q = dsub.add_parser(name, help=helptext)
@@ -68,18 +81,22 @@ def _add_data_parser(sub) -> None:
         q.add_argument('--root', default='data/embedded', help='dataset folder (VOC 2012, COCO 2014, or embedded)')
         q.add_argument('--coco-split', choices=('interleaved', 'contiguous'), default='interleaved')
         q.add_argument('--cache-dir', default=None, help='index cache (default $SDAANET_CACHE or ~/.cache/sdaanet)')
+        q.add_argument('--test-list', default=None, help="test list file ('image label' lines; default: VOC val)")
         if name == 'index':
+            q.add_argument('--train-list', default=None,
+                           help="training list file, e.g. the released voc_sbd_merge_noduplicate.txt (default: the "
+                                "package's SBD + VOC train list)")
             q.add_argument('--split', choices=('train', 'test', 'both'), default='both')
-            q.add_argument('--min-pixels', type=int, default=None, help='class pixel threshold (default 2*32*32)')
+            q.add_argument('--min-pixels', type=positive_int, default=None, help='class pixel threshold (default 2*32*32)')
             q.add_argument('--sbd', default=None, help="SBD release folder (cls/*.mat) when there is no SegmentationClassAug/")
         else:
             q.add_argument('--fold', type=int, choices=range(4), default=0)
-            q.add_argument('--shots', type=int, default=1)
-            q.add_argument('--episodes', type=int, default=1000)
+            q.add_argument('--shots', type=positive_int, default=1)
+            q.add_argument('--episodes', type=positive_int, default=1000)
             q.add_argument('--seed', type=int, default=321)
             q.add_argument('--out', required=True, help='json file to write')
     b = dsub.add_parser('bench-index', help='time the class index on a synthetic VOC tree')
-    b.add_argument('--n-labels', type=int, default=12000); b.add_argument('--workers', type=int, default=None)
+    b.add_argument('--n-labels', type=positive_int, default=12000); b.add_argument('--workers', type=non_negative_int, default=None)
 
 # %% ../nbs/11_cli.ipynb #fe14c162
 def _data_command(args) -> None:
@@ -92,14 +109,15 @@ def _data_command(args) -> None:
     elif args.data_command == 'index':
         for split in ('train', 'test') if args.split == 'both' else (args.split,):
             spec = data.DataSpec(args.dataset, args.root, split=split, min_pixels=args.min_pixels, sbd=args.sbd,
-                                 coco_split=args.coco_split, cache_dir=args.cache_dir)
+                                 coco_split=args.coco_split, cache_dir=args.cache_dir,
+                                 list_file=args.train_list if split == 'train' else args.test_list)
             index = data.load_index(spec)
             print(f"{args.dataset} {split}: {len(index.ids)} images")
             for r in index_summary(index):
                 print(f"  class {r['class_id']:3d} {r['name']:<24} novel in fold {r['novel_in_fold']}: {r['images']:6d} images")
     elif args.data_command == 'episodes':
         spec = data.DataSpec(args.dataset, args.root, fold=args.fold, shots=args.shots, split='test',
-                             coco_split=args.coco_split, cache_dir=args.cache_dir)
+                             coco_split=args.coco_split, cache_dir=args.cache_dir, list_file=args.test_list)
         episodes = data.make_episode_list(data.load_index(spec), args.fold, args.episodes, args.shots, args.seed)
         path = data.save_episode_list(args.out, episodes, dataset=args.dataset, root=args.root, fold=args.fold,
                                       shots=args.shots, seed=args.seed)
@@ -121,13 +139,15 @@ def _add_train_eval_parsers(sub) -> None:
         p = sub.add_parser(name, help=helptext)
         p.add_argument('--preset', default='embedded', choices=sorted(PRESETS))
         p.add_argument('--out', required=True, help='run folder')
-        p.add_argument('--data-root', default=None); p.add_argument('--fold', type=int, default=None)
-        p.add_argument('--shots', type=int, default=None)
+        p.add_argument('--data-root', default=None); p.add_argument('--fold', type=int, choices=range(4), default=None)
+        p.add_argument('--shots', type=positive_int, default=None)
         p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                        help='override a setting, e.g. model.use_sdpm=false, train.epochs=50, eval.seeds=5 (repeatable)')
         if name == 'train':
-            p.add_argument('--resume', action='store_true', help="continue from the run folder's last checkpoint")
-            p.add_argument('--stop-after', type=int, default=None, help='stop after this many iterations (resumable)')
+            p.add_argument('--resume', nargs='?', const='yes', default=None, choices=('yes', 'auto'),
+                           help="continue from the run folder's last checkpoint (an error when there is none); "
+                                "'--resume auto': continue if there is one, else start")
+            p.add_argument('--stop-after', type=positive_int, default=None, help='stop after this many iterations (resumable)')
         else:
             p.add_argument('--checkpoint', default=None, help='one of our checkpoints (default: the run folder\'s)')
             p.add_argument('--released', default=None, help="a released SD-AANet checkpoint ({'state_dict': ...})")
@@ -137,7 +157,8 @@ def _train_eval_command(args) -> None:
     from sdaanet.runs import run_train, run_eval
     cfg = _run_cfg(args)
     if args.command == 'train':
-        print(json.dumps(run_train(cfg, args.out, resume=args.resume, stop_after=args.stop_after), indent=1))
+        resume = {None: False, 'yes': True, 'auto': 'auto'}[args.resume]
+        print(json.dumps(run_train(cfg, args.out, resume=resume, stop_after=args.stop_after), indent=1))
     else:
         summary = run_eval(cfg, args.out, checkpoint=args.checkpoint, released=args.released)
         print(json.dumps({k: v for k, v in summary.items() if k != 'per_seed'}, indent=1))
@@ -148,35 +169,51 @@ def _add_predict_parser(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument('--checkpoint', help='one of our checkpoints')
     src.add_argument('--released', help='a released SD-AANet checkpoint')
+    src.add_argument('--prior-only', action='store_true',
+                     help='no trained model: the training-free prior mask from the ImageNet EfficientNet-Lite0, thresholded')
+    p.add_argument('--dataset', choices=('pascal', 'coco'), default=None,
+                   help="with --released: the dataset it was trained on, which decides the decoder bins "
+                        "(default: coco for ResNet-101, pascal for ResNet-50)")
     p.add_argument('--support', nargs='+', required=True, help='support image file(s)')
-    p.add_argument('--support-mask', nargs='+', required=True, help='one mask file per support image (non-zero = object)')
+    p.add_argument('--support-mask', nargs='+', required=True,
+                   help='one mask file per support image: 0/1 or 0/255 (non-zero = object; 255 beside one object value '
+                        '= ignore); a label map with several values needs --class-id')
+    p.add_argument('--class-id', type=non_negative_int, default=None, help="the object's value in label-map masks")
     p.add_argument('--query', nargs='+', required=True, help='query image file(s)')
     p.add_argument('--out', required=True, help='folder for <query>_mask.png and <query>_overlay.png')
-    p.add_argument('--size', type=int, default=473, help='square network input size')
-    p.add_argument('--batch-size', type=int, default=4); p.add_argument('--device', default='auto')
+    p.add_argument('--size', type=positive_int, default=None,
+                   help="square network input size (default: the checkpoint's training size; 473 for released ones)")
+    p.add_argument('--threshold', type=share, default=0.5, help='with --prior-only: the prior value that counts as object')
+    p.add_argument('--batch-size', type=positive_int, default=4); p.add_argument('--device', default='auto')
 
 def _predict_command(args) -> None:
     from sdaanet.checkpoints import load_checkpoint, load_official_checkpoint
     from sdaanet.model import inference_copy
     from sdaanet.predict import predict_files
     from sdaanet.engine import resolve_device
-    model = load_official_checkpoint(args.released) if args.released else load_checkpoint(args.checkpoint)[0]
-    model = inference_copy(model.to(resolve_device(args.device)))
-    rows = predict_files(model, args.support, args.support_mask, args.query, args.out, args.size, args.batch_size)
+    from sdaanet.predict import prior_model
+    if args.dataset and not args.released: raise ValueError("--dataset is for --released checkpoints only")
+    device = resolve_device(args.device)
+    if args.prior_only: model = prior_model(device)
+    else:
+        model = load_official_checkpoint(args.released, dataset=args.dataset) if args.released else load_checkpoint(args.checkpoint)[0]
+        model = inference_copy(model.to(device))
+    rows = predict_files(model, args.support, args.support_mask, args.query, args.out, args.size, args.batch_size,
+                         args.class_id, args.prior_only, args.threshold)
     print(json.dumps(rows, indent=1))
 
 # %% ../nbs/11_cli.ipynb #2aaa6886
 def _add_bench_parser(sub) -> None:
     b = sub.add_parser('bench', help='time evaluation episodes and training steps; prints JSON')
     b.add_argument('--backbone', default='resnet50', choices=('resnet50', 'resnet101', 'vgg16_bn', 'efficientnet_lite0'))
-    b.add_argument('--size', type=int, default=473, help='evaluation input size')
-    b.add_argument('--train-size', type=int, default=321); b.add_argument('--train-batch', type=int, default=2)
-    b.add_argument('--shots', type=int, default=1); b.add_argument('--batch', type=int, default=1)
+    b.add_argument('--size', type=positive_int, default=473, help='evaluation input size')
+    b.add_argument('--train-size', type=positive_int, default=321); b.add_argument('--train-batch', type=positive_int, default=2)
+    b.add_argument('--shots', type=positive_int, default=1); b.add_argument('--batch', type=positive_int, default=1)
     b.add_argument('--variant', default='official', choices=('official', 'paper'))
     b.add_argument('--device', default='auto'); b.add_argument('--amp', default='auto', choices=('auto', 'bf16', 'fp16', 'off'))
-    b.add_argument('--repeats', type=int, default=5); b.add_argument('--warmup', type=int, default=2)
+    b.add_argument('--repeats', type=positive_int, default=5); b.add_argument('--warmup', type=non_negative_int, default=2)
     b.add_argument('--only', choices=('eval', 'train'), default=None, help='time only one of the two')
-    b.add_argument('--support-cover', type=float, default=None,
+    b.add_argument('--support-cover', type=share, default=None,
                    help='support mask: a centred square covering this share of the image (default: random pixels)')
     b.add_argument('--vs-released', action='store_true',
                    help='also time the released forward pass (sdaanet.released) on the same weights and episode, '
@@ -209,12 +246,24 @@ def _add_study_parser(sub) -> None:
     p.add_argument('--preset', default='embedded', choices=sorted(PRESETS))
     p.add_argument('--dir', default=None, help='study folder (default runs/study-<preset>)')
     p.add_argument('--data-root', default=None, help="dataset root (default: the preset's)")
-    p.add_argument('--folds', type=int, nargs='+', default=[0, 1, 2, 3])
+    p.add_argument('--folds', type=int, choices=range(4), nargs='+', default=[0, 1, 2, 3])
     p.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda'")
-    p.add_argument('--jobs', type=int, default=1, help='runs side by side (CPU: the cores are shared among them)')
-    p.add_argument('--gpus', type=int, nargs='+', default=None, help='GPU ids; one run per GPU at a time')
+    p.add_argument('--jobs', type=positive_int, default=1, help='runs side by side (CPU: the cores are shared among them)')
+    p.add_argument('--gpus', type=non_negative_int, nargs='+', default=None, help='GPU ids; one run per GPU at a time')
     p.add_argument('--retry-failed', action='store_true', help='run the failed runs again')
     p.add_argument('--only', nargs='+', default=None, help='only these run ids')
+    p.add_argument('--matrix', choices=('main', 'discrepancies', 'all'), default='main',
+                   help="main: the runs of Tables I-V; discrepancies: each paper-vs-released-code switch alone "
+                        "(beside the main matrix's SD-AANet 1-shot runs); all: both")
+    p.add_argument('--scheduler', default='local',
+                   help="where the runs execute: 'local' (a Dask LocalCluster of --jobs CPU workers, or one worker per "
+                        "--gpus GPU), the address of a running Dask scheduler ('tcp://host:8786'), or 'slurm' / 'pbs' "
+                        "(workers started as batch jobs by dask-jobqueue; needs --cluster-config)")
+    p.add_argument('--cluster-config', default=None,
+                   help="YAML or JSON file of dask-jobqueue arguments (cores, memory, queue, walltime, "
+                        "job_extra_directives, ...) plus 'jobs', the number of jobs to start; for --scheduler slurm|pbs")
+    p.add_argument('--retries', type=non_negative_int, default=0,
+                   help='resubmit a run whose worker died up to N times before recording it failed')
     p.add_argument('--html', default='reports/_html', help='folder of the HTML report')
     p.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
                    help='override for every run, e.g. train.max_iters=100 (part of each run\'s hash)')
@@ -224,32 +273,46 @@ def _study_command(args) -> None:
     from sdaanet.runs import parse_overrides
     parse_overrides(args.overrides)   # checks KEY=VALUE now, not inside every run
     index = study(args.dir or f'runs/study-{args.preset}', args.preset, args.data_root, tuple(args.folds), args.device,
-                  args.jobs, args.gpus, args.retry_failed, args.html, args.only, args.overrides)
+                  args.jobs, args.gpus, args.retry_failed, args.html, args.only, args.overrides, matrix=args.matrix,
+                  scheduler=args.scheduler, cluster_config=args.cluster_config, retries=args.retries)
     print(index)
 
 # %% ../nbs/11_cli.ipynb #730922fc
-def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `sdaanet` console script."
+USAGE_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError)
+
+def build_parser() -> argparse.ArgumentParser:
+    "The `sdaanet` parser with every command."
     parser = argparse.ArgumentParser(prog='sdaanet', description='SD-AANet few-shot segmentation study')
+    parser.add_argument('--debug', action='store_true', help='show the Python traceback of an error')
     sub = parser.add_subparsers(dest='command', required=True)
     _add_smoke_parser(sub)
     _add_data_parser(sub)
     _add_run_parsers(sub)
     _add_study_parser(sub)
+    return parser
+
+def main(argv: list[str] | None = None) -> int:
+    "Entry point of the `sdaanet` console script: exit 0, 2 for bad input, 1 for a runtime error (see above)."
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == 'smoke':
-            print(json.dumps(smoke(args.preset, args.size, args.shots, args.batch,
-                                   None if args.random_weights else 'imagenet'), indent=1))
-        elif args.command == 'data':
-            _data_command(args)
-        elif args.command == 'study':
-            _study_command(args)
-        else:
-            _run_command(args)
-    except (ValueError, FileNotFoundError) as e:   # bad input: a message, not a traceback
-        parser.exit(2, f"sdaanet {args.command}: error: {e}\n")
+        _dispatch(args)
+    except KeyboardInterrupt:
+        parser.exit(130, f"sdaanet {args.command}: interrupted\n")
+    except Exception as e:
+        if args.debug: raise
+        usage = isinstance(e, USAGE_ERRORS)
+        text = str(e) if usage else f"{type(e).__name__}: {e} (run with --debug for the traceback)"
+        parser.exit(2 if usage else 1, f"sdaanet {args.command}: error: {text}\n")
     return 0
+
+def _dispatch(args) -> None:
+    if args.command == 'smoke':
+        print(json.dumps(smoke(args.preset, args.size, args.shots, args.batch, None if args.random_weights else 'imagenet'),
+                         indent=1))
+    elif args.command == 'data': _data_command(args)
+    elif args.command == 'study': _study_command(args)
+    else: _run_command(args)
 
 # %% ../nbs/11_cli.ipynb #27bc47ff
 #| eval: false

@@ -8,12 +8,11 @@ import dataclasses, json, random
 from fastcore.basics import patch
 from dataclasses import dataclass, asdict
 import numpy as np
-import torch
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'IGNORE', 'BACKBONES', 'VARIANTS', 'KSHOT_STRATEGIES', 'BACKBONE_BN_MODES', 'PRESETS',
-           'check_choice', 'check_positive', 'Settings', 'ModelConfig', 'preset_section', 'model_config',
-           'seed_everything']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'IGNORE', 'BACKBONES', 'VARIANTS', 'KSHOT_STRATEGIES', 'BACKBONE_BN_MODES',
+           'DECODER_BINS', 'PRESETS', 'check_choice', 'check_positive', 'Settings', 'ModelConfig', 'preset_section',
+           'model_config', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #d12dba24
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -114,9 +113,11 @@ def from_dict(cls: ModelConfig, d: dict) -> ModelConfig:
     return cls().replace(**d)
 
 # %% ../nbs/00_core.ipynb #c03aa4f9
+DECODER_BINS = {'pascal': (60, 30, 15, 8), 'coco': (1.0, 0.5, 0.25, 0.125)}   # the released configurations'
+
 _EMBEDDED = dict(
     model=dict(backbone='efficientnet_lite0', reduce_dim=32, saam_dim=64, fg_weight=8.0, alpha=1.0,
-               decoder_bins=(1.0, 0.5, 0.25, 0.125)),
+               decoder_bins=DECODER_BINS['coco']),
     train=dict(epochs=6, batch_size=8, optimizer='adamw', base_lr=0.002, warmup_iters=20, workers=2, log_every=5),
     run=dict(dataset='embedded', data_root='data/embedded'),
     eval=dict(episodes=300, workers=2, scales=(89, 129)),
@@ -131,7 +132,7 @@ _PAPER_STUDY = dict(overrides=['eval.seeds=5'], per_shots={}, train_seeds=(0, 1,
 PRESETS = {
     'pascal': dict(model=dict(backbone='resnet50'), train=dict(epochs=200, batch_size=4, base_lr=0.0025),
                    run=dict(dataset='pascal', data_root='data/VOCdevkit/VOC2012'), eval={}, study=_PAPER_STUDY),
-    'coco': dict(model=dict(backbone='resnet101'), train=dict(epochs=50, batch_size=8, base_lr=0.0005),
+    'coco': dict(model=dict(backbone='resnet101', decoder_bins=DECODER_BINS['coco']), train=dict(epochs=50, batch_size=8, base_lr=0.0005),
                  run=dict(dataset='coco', data_root='data/coco'), eval={}, study=_PAPER_STUDY),
     'embedded': _EMBEDDED,
     'smoke': dict(model={**_EMBEDDED['model'], 'backbone_weights': None}, train={**_EMBEDDED['train'], 'workers': 0},
@@ -154,4 +155,5 @@ def model_config(preset: str = 'embedded', **overrides) -> ModelConfig:
 # %% ../nbs/00_core.ipynb #23c1e7d1
 def seed_everything(seed: int) -> None:
     "Seed Python, NumPy and PyTorch (CPU and every GPU)."
+    import torch              # here, so that reading the configuration (e.g. `sdaanet --help`) never loads torch
     random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)

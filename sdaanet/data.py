@@ -435,6 +435,9 @@ class DataSpec:
         check_positive('shots', self.shots, integer=True)
         if self.size is not None: check_positive('size', self.size, integer=True)
         if self.min_pixels is not None: check_positive('min_pixels', self.min_pixels, integer=True)
+        if self.name == 'coco' and (self.list_file or self.sbd):
+            raise ValueError(f"list_file and sbd are for PASCAL-layout datasets (got name='coco', list_file="
+                             f"{self.list_file!r}, sbd={self.sbd!r}); COCO-20i reads its annotation files")
 
     @property
     def train(self) -> bool: return self.split == 'train'

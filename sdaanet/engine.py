@@ -7,11 +7,12 @@ from __future__ import annotations
 import os
 import torch
 import torch.distributed as dist
-from .core import check_choice
+from .core import IGNORE, check_choice
 from .model import SDAANet, ENCODED
 
 # %% auto #0
-__all__ = ['AMP_MODES', 'resolve_device', 'init_distributed', 'autocast_dtype', 'to_device', 'encode_batch', 'episode_forward']
+__all__ = ['AMP_MODES', 'resolve_device', 'init_distributed', 'autocast_dtype', 'to_device', 'encode_batch', 'episode_forward',
+           'NonFiniteError', 'check_batch', 'check_finite']
 
 # %% ../nbs/06b_engine.ipynb #c2c8a856
 AMP_MODES = ('auto', 'bf16', 'fp16', 'off')
@@ -21,7 +22,7 @@ def resolve_device(name: str = 'auto') -> torch.device:
     if name == 'auto': name = 'cuda' if torch.cuda.is_available() else 'cpu'
     if name == 'cuda' and 'LOCAL_RANK' in os.environ: name = f"cuda:{os.environ['LOCAL_RANK']}"
     if name.startswith('cuda') and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r} but CUDA is not available on this machine; use device='cpu'")
+        raise ValueError(f"device={name!r} but CUDA is not available on this machine; use device='cpu'")
     return torch.device(name)
 
 def init_distributed(device: torch.device) -> tuple[int, int]:
@@ -62,7 +63,47 @@ def encode_batch(model: SDAANet, encoder, batch: dict) -> dict:
     return {**{k: v for k, v in batch.items() if k not in ('query_img', 'support_imgs')}, 'features': dict(zip(ENCODED, enc))}
 
 def episode_forward(net, batch: dict, losses: bool = False, return_maps: bool = False) -> dict:
-    """The model on an episode batch: images (`query_img`, `support_imgs`) or cached encoder `features`; the query
-    mask goes in only when `losses` are wanted (training), so inference never sees it."""
+    """The model on an episode batch (checked by `check_batch`): images (`query_img`, `support_imgs`) or cached
+    encoder `features`; the query mask goes in only when `losses` are wanted (training), so inference never sees it."""
+    check_batch(batch)
     return net(batch.get('query_img'), batch.get('support_imgs'), batch['support_masks'],
                batch['query_mask'] if losses else None, return_maps=return_maps, features=batch.get('features'))
+
+# %% ../nbs/06b_engine.ipynb #1d842c55
+class NonFiniteError(ValueError):
+    "NaN or infinite values in a model's input or output; the message names where (episodes, query ids, files)."
+
+def check_batch(batch: dict) -> None:
+    "`ValueError` naming the key unless the images are float tensors and the support masks hold only 0, 1 and 255."
+    for key in ('query_img', 'support_imgs'):
+        x = batch.get(key)
+        if x is not None and not x.is_floating_point():
+            raise ValueError(f"{key} is a {x.dtype} tensor; expected float images, ImageNet-normalised as the "
+                             "transforms give them")
+    masks = batch['support_masks']
+    odd = (masks != 0) & (masks != 1) & (masks != IGNORE)
+    if odd.any():
+        raise ValueError(f"support_masks hold the value {masks[odd][0].item():g}; expected 0 (background), 1 (object) "
+                         f"or {IGNORE} (ignore)")
+
+def _where(batch: dict, bad: torch.Tensor) -> str:
+    "The episodes (with query ids) of the rows `bad` of `batch`."
+    eps, qids = batch.get('episode'), batch.get('query_id')
+    eps = torch.as_tensor(eps).flatten().tolist() if eps is not None else None
+    rows = torch.nonzero(bad.cpu()).flatten().tolist()
+    return ', '.join((f"episode {eps[i]}" if eps else f"batch row {i}") + (f" (query {qids[i]})" if qids else '')
+                     for i in rows)
+
+def check_finite(batch: dict, scores: torch.Tensor | None = None) -> None:
+    """`NonFiniteError` naming the episodes where an image or cached feature of `batch` (or, when given, a row of the
+    model's `scores`) is NaN or infinite."""
+    items = ({'scores': scores} if scores is not None else
+             {**{k: batch[k] for k in ('query_img', 'support_imgs') if k in batch},
+              **{f'features.{k}': v for k, v in batch.get('features', {}).items()}})
+    for name, x in items.items():
+        bad = ~torch.isfinite(x.flatten(1)).all(1)
+        if not bad.any(): continue
+        if scores is not None:
+            raise NonFiniteError(f"the model's scores are NaN or infinite for {_where(batch, bad)}; expected finite "
+                                 "logits (are the model's weights finite?)")
+        raise NonFiniteError(f"{name} is NaN or infinite in {_where(batch, bad)}; expected finite inputs")

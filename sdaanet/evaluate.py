@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from .core import IGNORE, check_choice, check_positive
 from .modules import resize
 from .transforms import to_original
-from .engine import to_device, episode_forward, autocast_dtype
+from .engine import to_device, episode_forward, autocast_dtype, check_finite
 
 # %% auto #0
 __all__ = ['EMPTY_IOU', 'COUNT_COLUMNS', 'RECORD_COLUMNS', 'SCORINGS', 'MULTISCALE', 'PAPER_SCALES', 'BATCH_KEYS', 'N_SEEDS',
@@ -269,7 +269,9 @@ def evaluate(model, loader, classes: Sequence[int], scoring: str = 'resized', mu
                 if missing: raise KeyError(f"an episode batch needs the keys {BATCH_KEYS} and the images "
                                            f"(query_img, support_imgs) or `features`; missing {missing}")
                 batch = to_device(batch, device)
+                check_finite(batch)                          # NaN inputs or scores are errors, not background
                 scores = predict(model, batch, multiscale, scales)
+                check_finite(batch, scores)
                 if scoring == 'original': pred, target = original_batch(scores, batch)
                 else: pred, target = scores.argmax(1), batch['query_mask']
                 metrics.update(pred, target, batch['class_id'], batch['episode'], batch.get('query_id'))

@@ -4,18 +4,23 @@
 
 # %% ../nbs/09a_predict.ipynb #eaadfcbf
 from __future__ import annotations
+import warnings
 from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from .core import IGNORE
+from .core import IGNORE, check_positive, model_config
 from .backbones import imagenet_normalize
-from .data import read_image
+from .data import DataError, UnreadableFile
 from .modules import resize
 from .model import SDAANet
+from .engine import NonFiniteError
+from .checkpoints import RELEASED_INPUT_SIZE
+from .analysis import PriorMaskModel
 
 # %% auto #0
-__all__ = ['read_support_mask', 'predict_images', 'write_prediction', 'predict_files']
+__all__ = ['read_rgb', 'read_support_mask', 'input_size', 'predict_images', 'write_prediction', 'output_stems', 'prior_model',
+           'predict_files', 'example_photos']
 
 # %% ../nbs/09a_predict.ipynb #0f99a05a
 def _image_tensor(img: np.ndarray, size: int) -> torch.Tensor:
@@ -24,34 +29,110 @@ def _image_tensor(img: np.ndarray, size: int) -> torch.Tensor:
     return imagenet_normalize(torch.nn.functional.interpolate(x, size=(size, size), mode='bilinear',
                                                               align_corners=False, antialias=True)[0])
 
-def read_support_mask(path, shape) -> np.ndarray:
-    "A support mask file as 0 / 1 / 255 (255 kept as ignore, other non-zero values = object), checked against `shape`."
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+def _open(path, what: str, mode: str | None = None) -> tuple[np.ndarray, str]:
+    "The pixels of an image file (converted to `mode` unless 16/32-bit) and its format; errors name `path`."
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"support mask not found: {path}")
-    m = np.asarray(Image.open(path))
+    if not path.is_file(): raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with Image.open(path) as im:
+            keep = mode is None or im.mode.startswith('I') or im.mode == 'F'
+            return np.array(im if keep else im.convert(mode)), im.format
+    except _PIL_ERRORS as e: raise UnreadableFile(f"cannot read {what} {path}: {e}") from e
+
+def read_rgb(path) -> np.ndarray:
+    "An image file as uint8 RGB (H, W, 3); see above."
+    a, _ = _open(path, 'image', 'RGB')
+    if a.ndim == 2:                                                  # 16- or 32-bit grey
+        if a.dtype.kind == 'f' or a.min() < 0 or a.max() > 65535:
+            raise DataError(f"image {path} holds {a.dtype} values {a.min():g}..{a.max():g}; expected 8- or 16-bit pixels")
+        a = np.repeat(np.round(a / 257).astype(np.uint8)[..., None], 3, axis=2)
+    return a
+
+def _values(a: np.ndarray, most: int = 12) -> str:
+    v = np.unique(a).tolist()
+    return f"{v[:most]}" + (f" and {len(v) - most} more" if len(v) > most else '')
+
+def read_support_mask(path, shape, class_id: int | None = None) -> np.ndarray:
+    "A support mask file as 0 / 1 / 255 (see above), checked against its image's `shape` (H, W)."
+    if class_id is not None and (isinstance(class_id, bool) or not isinstance(class_id, int) or not 0 < class_id < IGNORE):
+        raise ValueError(f"class_id={class_id!r} is not allowed; expected the object's label value, an integer in 1..254")
+    m, fmt = _open(path, 'support mask')
+    if fmt == 'JPEG' and m.ndim == 3: m = m.mean(2)                 # a colour JPEG of a grey mask
     if m.ndim != 2: raise ValueError(f"support mask {path} has shape {m.shape}; expected a single-channel image")
     if m.shape != tuple(shape): raise ValueError(f"support mask {path} is {m.shape[1]}x{m.shape[0]}, its image {shape[1]}x{shape[0]}")
-    out = np.where(m == IGNORE, IGNORE, m != 0).astype(np.uint8)
-    if not (out == 1).any(): raise ValueError(f"support mask {path} marks no object pixel")
-    return out
+    if fmt == 'JPEG':
+        if class_id is not None: raise ValueError(f"support mask {path} is a JPEG, whose lossy values cannot hold class ids; expected a PNG")
+        warnings.warn(f"support mask {path} is a JPEG (lossy): thresholded at 128; save masks as PNG")
+        obj = m >= 128
+    else:
+        objects = [v for v in np.unique(m).tolist() if v not in (0, IGNORE)]
+        if class_id is None and len(objects) > 1:
+            raise ValueError(f"support mask {path} is a label map with the values {_values(m)}; pass class_id= (the "
+                             "object's value) to say which is the object")
+        obj = m == (class_id or (objects[0] if objects else IGNORE))     # a 0/255 mask: 255 is the object
+    if not obj.any():
+        raise ValueError(f"support mask {path} marks no object pixel" + (f" of class_id={class_id}" if class_id else '')
+                         + f"; it holds the values {_values(m)}")
+    return np.where(obj, 1, np.where(m == IGNORE, IGNORE, 0)).astype(np.uint8)
 
 # %% ../nbs/09a_predict.ipynb #d3b0e003
+def input_size(model: SDAANet, default: int | None = None) -> int:
+    "The input size `model` was trained at (`model.trained_on`, from its checkpoint), else `default`; an error when neither."
+    size = (getattr(model, 'trained_on', None) or {}).get('input_size') or default
+    if size is None:
+        raise ValueError("size=None means the input size the model was trained at, which this model does not record "
+                         "(built in Python, or loaded from an old checkpoint); pass size=, e.g. 473")
+    return int(size)
+
+def _check_arrays(queries, supports, masks) -> None:
+    "Queries and supports uint8 RGB arrays, masks 0 / 1 / 255 of their support's size with an object pixel."
+    if len(supports) != len(masks) or not supports:
+        raise ValueError(f"got {len(supports)} support image(s) and {len(masks)} mask(s); expected one mask "
+                         "per support image, at least one")
+    for kind, arrays in (('query', queries), ('support image', supports)):
+        for i, x in enumerate(arrays):
+            if not (isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 3 and x.shape[2] == 3):
+                got = f"{x.dtype} {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
+                raise ValueError(f"{kind} {i} is {got}; expected a uint8 RGB array (H, W, 3), as read_rgb gives")
+    for i, (m, s) in enumerate(zip(masks, supports)):
+        m = np.asarray(m)
+        odd = (m != 0) & (m != 1) & (m != IGNORE)
+        if odd.any(): raise ValueError(f"support mask {i} holds the value {m[odd][0]:g}; expected 0 (background), "
+                                       f"1 (object) or {IGNORE} (ignore)")
+        if m.shape != s.shape[:2]: raise ValueError(f"support mask {i} is {m.shape}; expected its image's {s.shape[:2]}")
+        if not (m == 1).any(): raise ValueError(f"support mask {i} marks no object pixel (value 1)")
+
 @torch.inference_mode()
 def predict_images(model: SDAANet, queries: list[np.ndarray], supports: list[np.ndarray], masks: list[np.ndarray],
-                   size: int = 473, batch_size: int = 4) -> list[np.ndarray]:
-    "Foreground probability maps (each at its query's size) of `queries` (uint8 HxWx3) given the support set."
-    model = model.eval()
+                   size: int | None = None, batch_size: int = 4, prior_only: bool = False, prior_threshold: float = 0.5,
+                   names: list[str] | None = None) -> list[np.ndarray]:
+    """Foreground probability maps (each at its query's size) of `queries` (uint8 HxWx3) given the support set;
+    `size=None`: the model's training size. `prior_only`: the prior mask of the frozen encoder alone (no trained
+    head), foreground where it exceeds `prior_threshold`. `names` (e.g. the files) name the queries in errors."""
+    _check_arrays(queries, supports, masks)
+    size = input_size(model, RELEASED_INPUT_SIZE if prior_only else None) if size is None else size
+    check_positive('size', size, integer=True); check_positive('batch_size', batch_size, integer=True)
+    model, prior = model.eval(), PriorMaskModel(model, prior_threshold) if prior_only else None
     dev = next(model.parameters()).device
     s_img = torch.stack([_image_tensor(s, size) for s in supports])[None].to(dev)          # (1, K, 3, S, S)
-    s_mask = torch.stack([torch.nn.functional.interpolate(torch.from_numpy(m)[None, None].float(), size=(size, size),
-                                                          mode='nearest')[0, 0] for m in masks])[None].long().to(dev)
+    s_mask = torch.stack([torch.nn.functional.interpolate(torch.from_numpy(np.asarray(m, np.uint8))[None, None].float(),
+                                                          size=(size, size), mode='nearest')[0, 0] for m in masks])[None].long().to(dev)
     support = model.encode_support(s_img, s_mask)                                          # once for all queries
     out = []
     for start in range(0, len(queries), batch_size):
         chunk = queries[start:start + batch_size]
         q = torch.stack([_image_tensor(x, size) for x in chunk]).to(dev)
-        expanded = [t.expand(len(chunk), *t.shape[1:]) for t in support]
-        logits = model.head((size, size), *model.encode_query(q), *expanded)['logits']
+        (q2, q3, q4), expanded = model.encode_query(q), [t.expand(len(chunk), *t.shape[1:]) for t in support]
+        if prior is None: logits = model.head((size, size), q2, q3, q4, *expanded)['logits']
+        else: logits = prior(support_masks=s_mask.expand(len(chunk), *s_mask.shape[1:]),
+                             features={'q4': q4, 's4': expanded[2], 'masks': expanded[3]})['logits']
+        bad = (~torch.isfinite(logits.float().flatten(1)).all(1)).nonzero().flatten().tolist()
+        if bad:
+            which = ', '.join(names[start + i] if names else f"query {start + i}" for i in bad)
+            raise NonFiniteError(f"the model's scores are NaN or infinite for {which}; expected finite logits "
+                                 "(are the model's weights finite?)")
         probs = logits.float().softmax(1)[:, 1:]
         out += [resize(p[None], x.shape[:2])[0, 0].cpu().numpy() for p, x in zip(probs, chunk)]
     return out
@@ -68,18 +149,86 @@ def write_prediction(path_stem: Path, image: np.ndarray, prob: np.ndarray) -> tu
     Image.fromarray(overlay.clip(0, 255).astype(np.uint8)).save(op)
     return mp, op
 
-def predict_files(model: SDAANet, support_paths: list, mask_paths: list, query_paths: list, out_dir,
-                  size: int = 473, batch_size: int = 4) -> list[dict]:
-    "Segment the query image files with the support image/mask files; writes mask and overlay PNGs into `out_dir`."
+def output_stems(paths: list) -> list[str]:
+    "One output name per query: its file stem, made unique by `-2`, `-3`, ... where stems repeat."
+    stems, used, out = [Path(p).stem for p in paths], set(), []
+    for s in stems:
+        name, k = s, 1
+        while name in used or (name != s and name in stems): k += 1; name = f'{s}-{k}'
+        used.add(name); out.append(name)
+    return out
+
+def prior_model(device='cpu') -> SDAANet:
+    "The embedded preset's model with its ImageNet encoder (no download; the head stays untrained), for `prior_only`."
+    return SDAANet(model_config('embedded', backbone_weights='imagenet')).to(device).eval()
+
+def predict_files(model: SDAANet | None, support_paths: list, mask_paths: list, query_paths: list, out_dir,
+                  size: int | None = None, batch_size: int = 4, class_id: int | None = None, prior_only: bool = False,
+                  prior_threshold: float = 0.5) -> list[dict]:
+    """Segment the query image files with the support image/mask files (`class_id`: the object's value in label-map
+    masks); writes mask and overlay PNGs into `out_dir`. `size=None`: the model's training size; `prior_only`: see
+    above (`model=None`: `prior_model()`). Returns one row per query."""
+    if model is None:
+        if not prior_only: raise ValueError("model=None needs prior_only=True (the training-free prior mask); pass a model")
+        model = prior_model()
     if len(support_paths) != len(mask_paths) or not support_paths:
         raise ValueError(f"got {len(support_paths)} support image(s) and {len(mask_paths)} mask(s); expected one mask "
                          "per support image, at least one")
-    supports = [read_image(p) for p in support_paths]
-    masks = [read_support_mask(mp, s.shape[:2]) for mp, s in zip(mask_paths, supports)]
-    queries = [read_image(p) for p in query_paths]
-    probs = predict_images(model, queries, supports, masks, size, batch_size)
+    if not query_paths: raise ValueError("no query image given; expected at least one")
+    size = input_size(model, RELEASED_INPUT_SIZE if prior_only else None) if size is None else size
+    supports = [read_rgb(p) for p in support_paths]
+    masks = [read_support_mask(mp, s.shape[:2], class_id) for mp, s in zip(mask_paths, supports)]
+    queries = [read_rgb(p) for p in query_paths]
+    probs = predict_images(model, queries, supports, masks, size, batch_size, prior_only, prior_threshold,
+                           names=[str(p) for p in query_paths])
     rows = []
-    for path, img, prob in zip(query_paths, queries, probs):
-        mp, op = write_prediction(Path(out_dir) / Path(path).stem, img, prob)
-        rows.append(dict(query=str(path), mask=str(mp), overlay=str(op), foreground=float((prob > 0.5).mean())))
+    for path, stem, img, prob in zip(query_paths, output_stems(query_paths), queries, probs):
+        mp, op = write_prediction(Path(out_dir) / stem, img, prob)
+        rows.append(dict(query=str(path), mask=str(mp), overlay=str(op), size=size, foreground=float((prob > 0.5).mean())))
+    return rows
+
+# %% ../nbs/09a_predict.ipynb #eb3d3738
+_EXAMPLE_PHOTOS = {  # name: (scikit-image photo, the object's outline as (x, y) vertices,
+                    #        the query's crop (top, bottom, left, right) of the photo, mirrored)
+    'cat': ('chelsea', [(40, 0), (398, 0), (390, 30), (375, 55), (364, 80), (360, 105), (357, 130), (354, 155),
+        (348, 180), (342, 200), (335, 225), (328, 250), (320, 275), (315, 300), (0, 300), (0, 135), (15, 118),
+        (24, 100), (30, 80), (36, 55), (38, 25)], (0, 270, 160, 451)),
+    'cup': ('coffee', [(290, 18), (330, 20), (365, 30), (390, 48), (404, 72), (410, 100), (406, 130), (400, 160),
+        (395, 190), (385, 215), (370, 235), (352, 255), (335, 275), (310, 287), (280, 290), (262, 285), (255, 280),
+        (250, 290), (240, 302), (220, 305), (205, 298), (198, 285), (198, 262), (203, 245), (213, 235), (200, 222),
+        (185, 200), (178, 170), (174, 130), (175, 100), (182, 75), (198, 52), (225, 32),
+        (255, 22)], (0, 360, 120, 520)),
+    'rocket': ('rocket', [(321, 126), (326, 130), (330, 138), (333, 150), (334, 170), (333, 180), (332, 200),
+        (331, 402), (311, 402), (311, 200), (310, 180), (309, 170), (310, 150), (313, 138),
+        (317, 130)], (80, 427, 170, 470)),
+    'motorbike': ('stereo_motorcycle', [(140, 150), (165, 158), (200, 163), (250, 168), (300, 178), (355, 186),
+        (380, 165), (395, 160), (360, 168), (356, 158), (385, 142), (420, 135), (440, 140), (465, 112), (505, 108),
+        (515, 125), (535, 122), (560, 118), (585, 120), (585, 140), (562, 150), (560, 175), (545, 190), (530, 200),
+        (528, 240), (535, 262), (560, 262), (600, 270), (630, 285), (643, 305), (640, 312), (665, 338), (680, 368),
+        (683, 400), (676, 428), (660, 447), (638, 456), (612, 455), (588, 448), (562, 435), (540, 418), (522, 395),
+        (512, 360), (505, 300), (495, 260), (480, 215), (472, 240), (478, 300), (478, 340), (468, 365), (450, 378),
+        (410, 380), (380, 376), (345, 378), (320, 362), (290, 366), (260, 377), (235, 396), (200, 403), (170, 396),
+        (145, 372), (128, 332), (122, 290), (126, 262), (110, 245), (108, 222), (93, 220), (95, 198), (115, 197),
+        (137, 202), (135, 175)], (40, 480, 60, 720)),
+}
+
+def example_photos(folder) -> list[dict]:
+    """Write four photographs that ship with scikit-image into `folder`, to try `predict` on: per object (`cat`, `cup`,
+    `rocket`, `motorbike`) the support image `<name>.png` with its hand-drawn mask `<name>_mask.png` (0/255), and the
+    query `<name>_query.png` (a mirrored crop of the same photo) with its true mask `<name>_query_truth.png`.
+    Returns the paths."""
+    from skimage import data, draw
+    folder, rows = Path(folder), []
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (photo, outline, (top, bottom, left, right)) in _EXAMPLE_PHOTOS.items():
+        img, xy = getattr(data, photo)(), np.array(outline, float)
+        img = img[0] if isinstance(img, tuple) else img                # stereo_motorcycle: (left, right, disparity)
+        mask = np.zeros(img.shape[:2], np.uint8)
+        mask[draw.polygon(xy[:, 1], xy[:, 0], mask.shape)] = 255
+        row = dict(name=name, support=folder / f'{name}.png', mask=folder / f'{name}_mask.png',
+                   query=folder / f'{name}_query.png', truth=folder / f'{name}_query_truth.png')
+        for key, a in (('support', img), ('mask', mask), ('query', img[top:bottom, left:right][:, ::-1]),
+                       ('truth', mask[top:bottom, left:right][:, ::-1])):
+            Image.fromarray(np.ascontiguousarray(a)).save(row[key])
+        rows.append(row)
     return rows

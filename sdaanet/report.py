@@ -15,14 +15,16 @@ from .stats import bootstrap, verdict, weighted_miou
 # %% auto #0
 __all__ = ['FOLDS', 'COLUMNS', 'DATASETS', 'NOT_APPLICABLE', 'KEYS', 'METRIC_COLUMNS', 'RECORD_COLUMNS', 'METHOD_NAMES', 'MULTI',
            'N_BOOT', 'BOOT_COLUMNS', 'INTERVALS', 'SHOTS', 'OURS', 'ONE_SHOT', 'ABLATION', 'FIVE_SEPARATE', 'CLAIMS',
-           'VERDICT_READING', 'REPORTS', 'PAPER_COLUMNS', 'read_study', 'dataset_name', 'measured_label', 'run_dir',
-           'load_metrics', 'seed_flags', 'with_flags', 'load_records', 'measure', 'fold_mean', 'fold_cells', 'interval',
-           'fmt', 'pct', 'n_seeds', 'reasons', 'left_out', 'collapsed_note', 'paper_cells', 'comparison_table',
-           'paper_vs_measured', 'show', 'point', 'ordering_sentence', 'learned_cells', 'prior_check', 'paper_mean',
-           'claim_row', 'claims_table', 'class_name', 'class_label', 'fold_classes', 'per_class_table', 'study_folds',
-           'one_shot_run', 'load_figure_data', 'examples', 'shared_examples', 'attention_examples', 'worst_examples',
-           'input_size', 'small_target_records', 'bin_table', 'fit', 'contrast', 'sigmoid', 'study_claims',
-           'build_report', 'environment', 'claims_html', 'notebook_title', 'build_docs']
+           'VERDICT_READING', 'NOT_MEASURED', 'REFERENCE', 'FROM_IMAGES', 'DISCREPANCY_ROWS', 'REPORTS',
+           'PAPER_COLUMNS', 'read_study', 'dataset_name', 'measured_label', 'run_dir', 'load_metrics', 'seed_flags',
+           'with_flags', 'load_records', 'measure', 'fold_mean', 'fold_cells', 'interval', 'fmt', 'pct', 'n_seeds',
+           'reasons', 'left_out', 'collapsed_note', 'paper_cells', 'comparison_table', 'paper_vs_measured', 'show',
+           'point', 'ordering_sentence', 'learned_cells', 'prior_check', 'paper_mean', 'side_difference',
+           'measured_columns', 'claim_row', 'claims_table', 'effect_verdict', 'discrepancy_table', 'class_name',
+           'class_label', 'fold_classes', 'per_class_table', 'study_folds', 'one_shot_run', 'load_figure_data',
+           'examples', 'shared_examples', 'attention_examples', 'worst_examples', 'input_size', 'small_target_records',
+           'bin_table', 'fit', 'contrast', 'sigmoid', 'report_sources', 'read_paper', 'study_claims', 'build_report',
+           'environment', 'claims_html', 'discrepancies_html', 'notebook_title', 'build_docs']
 
 # %% ../nbs/13_report.ipynb #a1c0f002
 FOLDS = (0, 1, 2, 3)
@@ -103,7 +105,8 @@ def _runs(registry, method, fold, train_shots, kshot):
         return f'{r.run_id}: {r.status}' + (f' ({r.error})' if r.error else '')
     return done
 
-def measure(registry, records, method, fold, train_shots, eval_shots, multiscale='single', kshot=None, class_id=None):
+def measure(registry, records, method, fold, train_shots, eval_shots, multiscale='single', kshot=None, class_id=None,
+            scoring=None):
     "One table cell: the records of its non-collapsed training seeds (a DataFrame), or the reason it is missing (a str)."
     done = _runs(registry, 'baseline' if method == 'prior-mask' else method, fold, train_shots, kshot)
     if isinstance(done, str): return done
@@ -115,6 +118,7 @@ def measure(registry, records, method, fold, train_shots, eval_shots, multiscale
         rows = rows[rows.multiscale == (sorted(set(rows.multiscale)) or [''])[0]]
     else: rows = rows[rows.multiscale == multiscale]
     if class_id is not None: rows = rows[rows.class_id == class_id]
+    if scoring is not None: rows = rows[rows.scoring == scoring]
     if rows.empty:
         return f'{first}: no {method} records at {eval_shots}-shot {multiscale}' + (
             f' for class {class_id} (no test episode of it?)' if class_id is not None else '')
@@ -330,33 +334,80 @@ def paper_mean(paper: pd.DataFrame, table, row, shots) -> float:
     return float(v.iloc[0]) if len(v) else float('nan')
 
 # %% ../nbs/13_report.ipynb #c1a10003
-def claim_row(registry, records, paper, claim: str, spec: dict) -> dict:
-    "One row of the claims table: the measured difference of `spec`'s sides over the folds both have, or why not."
+def side_difference(registry, records, spec: dict, what: str) -> dict:
+    """`a - b` of `spec`'s sides over the folds both have: those folds, why the others are missing (`note`), and
+    once measured the bootstrap result `r` and the seeds per side."""
     sides = {f: (measure(registry, records, fold=f, **spec['a']), measure(registry, records, fold=f, **spec['b'])) for f in FOLDS}
     folds = [f for f, (a, b) in sides.items() if not isinstance(a, str) and not isinstance(b, str)]
     absent = [f for f, ab in sides.items() if all(isinstance(x, str) and x.endswith('no run in the registry') for x in ab)]
     why = '; '.join(dict.fromkeys(f'fold {f}: {x}' for f, ab in sides.items() if f not in folds + absent
                                   for x in ab if isinstance(x, str)))
     if absent: why = '; '.join(filter(None, [why, f"fold {', '.join(map(str, absent))}: no run of either side in the registry"]))
-    pa, pb = (paper_mean(paper, *p) for p in spec['paper'])
-    row = dict(claim=claim, folds=', '.join(map(str, folds)) or 'none', **{
-        'measured difference': 'not measured', '95 % interval': '', 'seeds per side': '', 'paired on episodes': '',
-        'verdict': 'not measured', 'smallest detectable difference': '',
-        "paper's difference": '-' if np.isnan(pa - pb) else f'{pa - pb:+.1f}', 'note': why})
-    if not folds: return row
+    left = list(dict.fromkeys(s for f in folds for x in sides[f] for s in x.attrs.get('left_out', [])))
+    if left: why = '; '.join(filter(None, [why, f"collapsed, left out: {', '.join(left)}"]))
+    out = dict(folds=', '.join(map(str, folds)) or 'none', note=why, r=None)
+    if not folds: return out
     a = pd.concat([sides[f][0] for f in folds], ignore_index=True)
     b = pd.concat([sides[f][1] for f in folds], ignore_index=True)
     if not spec.get('same_episodes', True): b = b.assign(episode=-1 - b['episode'])   # other episodes: never paired
-    try: r = interval(a, b, paired_seeds=spec.get('paired_seeds', False), what=claim)
-    except ValueError as e: return row | dict(note='; '.join(filter(None, [str(e), why])))
+    try: r = interval(a, b, paired_seeds=spec.get('paired_seeds', False), what=what)
+    except ValueError as e: return out | dict(note='; '.join(filter(None, [str(e), why])))
     seeds = lambda d: int(d.groupby('fold')['train_seed'].nunique().min())
-    return row | {'measured difference': f"{100 * r['value']:+.1f}", '95 % interval': f"[{100 * r['lo']:+.1f}, {100 * r['hi']:+.1f}]",
-                  'seeds per side': f'{seeds(a)} / {seeds(b)}', 'paired on episodes': 'yes' if r['paired_episodes'] else 'no',
-                  'verdict': verdict(r['lo'], r['hi']), 'smallest detectable difference': f"{100 * r['mde']:.1f}"}
+    return out | dict(r=r, seeds=f'{seeds(a)} / {seeds(b)}')
+
+NOT_MEASURED = {'measured difference': 'not measured', '95 % interval': '', 'seeds per side': '', 'paired on episodes': '',
+                'verdict': 'not measured', 'smallest detectable difference': ''}
+
+def measured_columns(d: dict, verdict_of) -> dict:
+    "The measured columns of a `side_difference` result (points of class mIoU); `verdict_of(lo, hi)` names the verdict."
+    r = d['r']
+    if r is None: return {}
+    return {'measured difference': f"{100 * r['value']:+.1f}", '95 % interval': f"[{100 * r['lo']:+.1f}, {100 * r['hi']:+.1f}]",
+            'seeds per side': d['seeds'], 'paired on episodes': 'yes' if r['paired_episodes'] else 'no',
+            'verdict': verdict_of(r['lo'], r['hi']), 'smallest detectable difference': f"{100 * r['mde']:.1f}"}
+
+def claim_row(registry, records, paper, claim: str, spec: dict) -> dict:
+    "One row of the claims table: the measured difference of `spec`'s sides over the folds both have, or why not."
+    d = side_difference(registry, records, spec, claim)
+    pa, pb = (paper_mean(paper, *p) for p in spec['paper'])
+    row = dict(claim=claim, folds=d['folds'], **NOT_MEASURED,
+               **{"paper's difference": '-' if np.isnan(pa - pb) else f'{pa - pb:+.1f}', 'note': d['note']})
+    return row | measured_columns(d, verdict)
 
 def claims_table(registry, records, paper, claims: dict = CLAIMS) -> pd.DataFrame:
     "One row per claim of the paper the study can test (see `CLAIMS`), with its measured difference and verdict."
     return pd.DataFrame([claim_row(registry, records, paper, c, spec) for c, spec in claims.items()])
+
+# %% ../nbs/13_report.ipynb #458aa4ef
+REFERENCE = dict(ONE_SHOT, method='sdaanet', kshot='separate')
+FROM_IMAGES = dict(REFERENCE, method='from-images')    # the reference trained from images (augmented), no feature cache
+_PROTOCOL = dict(REFERENCE, method='paper-protocol')
+DISCREPANCY_ROWS = {   # switch: released side `a`, paper side `b` (each a `measure` spec), and the two settings
+    'SDPM form (teacher, KD, query reweighting)': dict(
+        released='prototypes averaged, softmax at T=5, KD x0.9T^2, cumulative reweighting',
+        paper='mean of softmaxes, KL (Eq. 5), reweighted once', a=dict(REFERENCE, method='official-sdpm'), b=REFERENCE),
+    'learning rate': dict(released='10x the base rate', paper='base rate', a=dict(REFERENCE, method='lr10x'), b=REFERENCE),
+    'backbone BatchNorm': dict(released='train mode while training', paper='frozen', a=dict(REFERENCE, method='bn-train'),
+                               b=FROM_IMAGES),
+    'evaluation size': dict(released='473 (larger study scale)', paper='321 (smaller study scale)', a=REFERENCE,
+                            b=dict(REFERENCE, method='eval-small'), paired_seeds=True),   # the same models: see above
+    'image transforms': dict(released='resize to a square (train and test)', paper='random crop; letterbox test images',
+                             a=FROM_IMAGES, b=dict(_PROTOCOL, scoring='resized')),
+    'labels scored': dict(released='resized with the image', paper='original size', a=dict(_PROTOCOL, scoring='resized'),
+                          b=dict(_PROTOCOL, scoring='original'), paired_seeds=True)}
+
+def effect_verdict(lo: float, hi: float) -> str:
+    "Which setting scored higher, from the interval of released - paper."
+    return 'released higher' if lo > 0 else 'paper higher' if hi < 0 else 'cannot tell apart'
+
+def discrepancy_table(registry, records, rows: dict = DISCREPANCY_ROWS) -> pd.DataFrame:
+    "One row per paper-vs-released switch: released - paper in points of class mIoU, its interval and verdict."
+    out = []
+    for switch, spec in rows.items():
+        d = side_difference(registry, records, spec, switch)
+        out.append(dict(switch=switch, released=spec['released'], paper=spec['paper'], folds=d['folds'], **NOT_MEASURED,
+                        note=d['note']) | measured_columns(d, effect_verdict))
+    return pd.DataFrame(out)
 
 # %% ../nbs/13_report.ipynb #a1c0f018
 def class_name(meta: dict, c: int) -> str:
@@ -528,18 +579,33 @@ def _html(notebook: Path, out_dir: Path, name: str, no_input: bool = False) -> P
           '--output', name, *(['--no-input'] if no_input else [])])
     return out_dir / f'{name}.html'
 
-def study_claims(study_dir, reports_dir='reports') -> tuple[pd.DataFrame, str]:
-    "The claims table and the prior-mask check of a study folder (the paper's numbers from `reports_dir`/paper_tables.csv)."
+def report_sources(reports_dir=None) -> Path:
+    """The folder of the report notebooks and `paper_tables.csv`: `reports_dir`, else `reports/` of the checkout this
+    package is installed from (so a study builds its report from any working directory)."""
+    import sdaanet
+    path = Path(reports_dir) if reports_dir is not None else Path(sdaanet.__file__).resolve().parent.parent / 'reports'
+    for name in (*(f'{r}.ipynb' for r in REPORTS), 'paper_tables.csv'):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path / name} not found; expected the report sources of the sdaanet repository "
+                                    "(an editable install, pip install -e ., keeps them in its reports/ folder)")
+    return path
+
+def read_paper(reports_dir=None) -> pd.DataFrame:
+    "The paper's numbers, `paper_tables.csv` (long format: table, method, backbone, shots, fold, value, note)."
+    return pd.read_csv(report_sources(reports_dir) / 'paper_tables.csv', dtype={'fold': str, 'value': str})
+
+def study_claims(study_dir, reports_dir=None) -> tuple[pd.DataFrame, str, pd.DataFrame]:
+    "The claims table, the prior-mask check and the paper-vs-released table of a study folder (the paper's numbers from `read_paper`)."
     meta, registry = read_study(study_dir)
     records = load_records(registry, study_dir)
-    csv = Path(reports_dir) / 'paper_tables.csv'
-    paper = pd.read_csv(csv, dtype={'fold': str, 'value': str}) if csv.exists() else pd.DataFrame(columns=PAPER_COLUMNS)
-    return claims_table(registry, records, paper), prior_check(registry, records)
+    return (claims_table(registry, records, read_paper(reports_dir)), prior_check(registry, records),
+            discrepancy_table(registry, records))
 
-def build_report(study_dir, html_dir='reports/_html', reports_dir='reports', wall_time: float | None = None) -> Path:
+def build_report(study_dir, html_dir='reports/_html', reports_dir=None, wall_time: float | None = None) -> Path:
     """Execute the report notebooks on `study_dir` with papermill, convert them (results only) and every run notebook
     to HTML in `html_dir`, and write `index.html` (the claims table first); returns its path."""
-    study_dir, html_dir, reports_dir = Path(study_dir), Path(html_dir), Path(reports_dir)
+    reports_dir = report_sources(reports_dir)
+    study_dir, html_dir = Path(study_dir).resolve(), Path(html_dir)
     html_dir.mkdir(parents=True, exist_ok=True)
     reg = pd.read_csv(study_dir / 'registry.csv', dtype=str, keep_default_na=False)
 
@@ -547,7 +613,8 @@ def build_report(study_dir, html_dir='reports/_html', reports_dir='reports', wal
         executed = study_dir / 'reports' / f'{name}.ipynb'
         executed.parent.mkdir(parents=True, exist_ok=True)
         _run([sys.executable, '-m', 'papermill', str(reports_dir / f'{name}.ipynb'), str(executed), '-p',
-              'study_dir', str(study_dir), '--no-progress-bar', '-k', 'python3'])
+              'study_dir', str(study_dir), *(['-p', 'paper_csv', str(reports_dir / 'paper_tables.csv')] if name == 'tables' else []),
+              '--no-progress-bar', '-k', 'python3'])
         return _html(executed, html_dir, name, no_input=True)
 
     def run_page(r):
@@ -561,7 +628,8 @@ def build_report(study_dir, html_dir='reports/_html', reports_dir='reports', wal
     meta = json.loads((study_dir / 'study.json').read_text()) if (study_dir / 'study.json').exists() else {}
     if wall_time is not None: meta['seconds_before_report'] = round(wall_time, 1)
     index = html_dir / 'index.html'
-    index.write_text(_index_html(meta, pages, runs, html_dir, claims_html(*study_claims(study_dir, reports_dir))))
+    claims, check, discrepancies = study_claims(study_dir, reports_dir)
+    index.write_text(_index_html(meta, pages, runs, html_dir, claims_html(claims, check) + discrepancies_html(discrepancies)))
     return index
 
 # %% ../nbs/13_report.ipynb #a1c0f029
@@ -579,6 +647,12 @@ def claims_html(claims: pd.DataFrame, check: str = '') -> str:
     "The claims table as HTML, with how to read a verdict and how the intervals are made, and the prior-mask check."
     return (f"<h2>The paper's claims, tested</h2><p>{_md(VERDICT_READING)} {_md(INTERVALS)}</p>"
             f"{claims.to_html(index=False, border=0, classes='claims')}" + (f'<p>{_md(check)}</p>' if check else ''))
+
+def discrepancies_html(table: pd.DataFrame) -> str:
+    "The paper-vs-released table as HTML ('' when the study folder has none of its runs)."
+    if (table['verdict'] == 'not measured').all(): return ''
+    return ("<h2>Paper versus released code</h2><p>Released setting minus paper setting, in points of class mIoU, one "
+            f"switch at a time (see the tables page). {_md(INTERVALS)}</p>{table.to_html(index=False, border=0)}")
 
 def _index_html(meta: dict, pages: dict, runs: list, html_dir: Path, claims: str = '') -> str:
     esc = lambda x: html.escape(str(x))

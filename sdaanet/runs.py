@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_runs.ipynb #78d08bbd
 from __future__ import annotations
-import dataclasses, json, time
+import dataclasses, json, os, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import pandas as pd
@@ -15,12 +15,12 @@ from .data import DataSpec, DATASETS, EvalEpisodes, TrainEpisodes, split_validat
 from .model import SDAANet, inference_copy
 from .features import feature_cache, CachedTrainEpisodes, CachedEvalEpisodes
 from .checkpoints import load_checkpoint, load_official_checkpoint
-from .train import TrainConfig, train_config, train
+from .train import TrainConfig, train_config, train, resume_point
 from .engine import resolve_device, init_distributed, AMP_MODES
 from .evaluate import EvalResult, SegMetrics, evaluate, aggregate_seeds, eval_seeds, SCORINGS, MULTISCALE, PAPER_SCALES
 
 # %% auto #0
-__all__ = ['SECTIONS', 'EvalConfig', 'RunConfig', 'run_config', 'parse_overrides', 'data_spec', 'evaluate_episodes',
+__all__ = ['SECTIONS', 'EvalConfig', 'DataConfig', 'RunConfig', 'run_config', 'parse_overrides', 'data_spec', 'evaluate_episodes',
            'eval_scales', 'eval_caches', 'run_eval', 'run_train']
 
 # %% ../nbs/09_runs.ipynb #00d0bed6
@@ -38,6 +38,7 @@ class EvalConfig(Settings):
     batch_size: int = 1
     workers: int = 2
     amp: str = 'off'                 # 'off': full-precision scores | 'auto' | 'bf16' | 'fp16' (see autocast_dtype)
+    allow_seen_classes: bool = False # evaluate a checkpoint on a fold whose classes it trained on (recorded in the summary)
 
     def __post_init__(self):
         for key in ('seeds', 'batch_size'): check_positive(key, getattr(self, key), integer=True)
@@ -45,17 +46,41 @@ class EvalConfig(Settings):
         if self.size is not None: check_positive('size', self.size, integer=True)
         check_choice('scoring', self.scoring, SCORINGS); check_choice('multiscale', self.multiscale, MULTISCALE)
         check_choice('amp', self.amp, AMP_MODES)
+        if not isinstance(self.allow_seen_classes, bool):
+            raise ValueError(f"allow_seen_classes={self.allow_seen_classes!r} is not allowed; expected True or False")
         if self.scales is not None:
             self.scales = tuple(self.scales)
             if not self.scales: raise ValueError("scales=() is not allowed; expected at least one size")
             for s in self.scales: check_positive('scales entry', s, integer=True)
 
+@dataclass
+class DataConfig(Settings):
+    """The image lists of a run (PASCAL layout): `train_list` / `test_list` are list files of `image label` lines
+    relative to the data root (the released code's `voc_sbd_merge_noduplicate.txt` and `val.txt`); None: the
+    package's own lists (see the data notebook). `sbd`: the SBD release folder when there is no
+    SegmentationClassAug/."""
+    _what = 'data setting'
+    train_list: str | None = None
+    test_list: str | None = None
+    sbd: str | None = None
+
+    def __post_init__(self):
+        for key in ('train_list', 'test_list', 'sbd'):
+            value = getattr(self, key)
+            if value is None: continue
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"data.{key}={value!r} is not allowed; expected a path")
+            path = Path(value).expanduser()
+            if not (path.is_dir() if key == 'sbd' else path.is_file()):
+                raise ValueError(f"data.{key}={value!r}: no such {'folder' if key == 'sbd' else 'file'}; expected "
+                                 + ("the SBD release folder" if key == 'sbd' else "a list file of 'image label' lines"))
+
 # %% ../nbs/09_runs.ipynb #ebbba1ac
-SECTIONS = {'model': ModelConfig, 'train': TrainConfig, 'eval': EvalConfig}
+SECTIONS = {'model': ModelConfig, 'train': TrainConfig, 'eval': EvalConfig, 'data': DataConfig}
 
 @dataclass
 class RunConfig:
-    "One training/evaluation run; `model`, `train` and `eval` are the sections, the rest says which data."
+    "One training/evaluation run; `model`, `train`, `eval` and `data` are the sections, the rest says which data."
     preset: str = 'embedded'
     dataset: str = 'embedded'
     data_root: str = 'data/embedded'
@@ -69,10 +94,16 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self):
         check_choice('dataset', self.dataset, DATASETS); check_choice('fold', self.fold, range(4))
         check_positive('shots', self.shots, integer=True); check_choice('protocol', self.protocol, ('official', 'paper'))
+        for key in ('data_root', 'cache_dir'):
+            value = getattr(self, key)
+            if isinstance(value, os.PathLike): setattr(self, key, value := os.fspath(value))
+            if not (isinstance(value, str) and value) and not (key == 'cache_dir' and value is None):
+                raise ValueError(f"{key}={value!r} is not allowed; expected a folder path")
         if self.eval.scoring == 'original' and self.protocol != 'paper':
             raise ValueError("eval.scoring='original' needs protocol='paper' (the letterboxed evaluation); "
                              "the official protocol scores the resized label")
@@ -82,6 +113,12 @@ class RunConfig:
         if self.cache_features and self.protocol != 'official':
             raise ValueError(f"cache_features=True needs protocol='official' (got protocol={self.protocol!r}): the "
                              "cache holds the features of square resized inputs")
+        if self.cache_features and self.model.backbone_bn != 'frozen':
+            raise ValueError("cache_features=True needs model.backbone_bn='frozen': with backbone_bn="
+                             f"{self.model.backbone_bn!r} the encoder's features change while the model trains")
+        if self.dataset == 'coco' and (self.data.train_list or self.data.test_list or self.data.sbd):
+            raise ValueError("data.train_list, data.test_list and data.sbd are for PASCAL-layout datasets; "
+                             "COCO-20i reads its annotation files")
 
     def to_dict(self) -> dict: return json.loads(json.dumps(asdict(self)))
 
@@ -96,10 +133,10 @@ class RunConfig:
 
 # %% ../nbs/09_runs.ipynb #26dbe025
 def run_config(preset: str = 'embedded', **overrides) -> RunConfig:
-    "The `preset`'s run with `overrides`: top-level keys, or dicts for the `model`, `train` and `eval` sections."
+    "The `preset`'s run with `overrides`: top-level keys, or dicts for the `model`, `train`, `eval` and `data` sections."
     base = {**preset_section(preset, 'run'), 'preset': preset}
     sections = {'model': asdict(model_config(preset)), 'train': asdict(train_config(preset)),
-                'eval': dict(preset_section(preset, 'eval'))}
+                'eval': dict(preset_section(preset, 'eval')), 'data': {}}
     for key in SECTIONS: sections[key] = {**sections[key], **overrides.pop(key, {})}
     return RunConfig.from_dict({**base, **overrides, **sections})
 
@@ -124,11 +161,8 @@ def data_spec(cfg: RunConfig, split: str) -> DataSpec:
     "The `DataSpec` of `cfg`'s training ('train') or test ('test') split."
     size = cfg.train_size if split == 'train' else cfg.eval.size
     return DataSpec(cfg.dataset, cfg.data_root, fold=cfg.fold, shots=cfg.shots, split=split, protocol=cfg.protocol,
-                    size=size, coco_split=cfg.coco_split, cache_dir=cfg.cache_dir)
-
-def _write_config(cfg: RunConfig, out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / 'config.json').write_text(json.dumps(cfg.to_dict(), indent=1))
+                    size=size, coco_split=cfg.coco_split, cache_dir=cfg.cache_dir, sbd=cfg.data.sbd,
+                    list_file=cfg.data.train_list if split == 'train' else cfg.data.test_list)
 
 # %% ../nbs/09_runs.ipynb #edafaa17
 def _all_ranks(metrics: SegMetrics, classes, world: int) -> SegMetrics:
@@ -173,6 +207,17 @@ def eval_caches(model: SDAANet, cfg: RunConfig, index, progress: bool = False, p
                    for s in eval_scales(cfg) if s != cache.size}
 
 # %% ../nbs/09_runs.ipynb #63899ec2
+def _check_fold(model, cfg: RunConfig) -> int | None:
+    """The fold `model` was trained on when its checkpoint says (`trained_on`, same dataset); a test fold whose classes
+    it trained on is refused unless `eval.allow_seen_classes`."""
+    rec = getattr(model, 'trained_on', None) or {}
+    fold = rec.get('fold') if rec.get('dataset') == cfg.dataset else None
+    if fold not in (None, cfg.fold) and not cfg.eval.allow_seen_classes:
+        raise ValueError(f"the model was trained on {cfg.dataset} fold {fold}: the classes of test fold {cfg.fold} were "
+                         f"among its training classes; expected a model trained on fold {cfg.fold} "
+                         "(eval.allow_seen_classes=true evaluates it anyway, recorded in eval_summary.json)")
+    return fold
+
 def run_eval(cfg: RunConfig, out_dir, model: SDAANet | None = None, checkpoint=None, released=None,
              device: str | None = None, progress: bool = True) -> dict:
     """Evaluate a model (given, our `checkpoint`, a `released` checkpoint, or else the run's own selected
@@ -181,10 +226,13 @@ def run_eval(cfg: RunConfig, out_dir, model: SDAANet | None = None, checkpoint=N
     dev = resolve_device(device or cfg.train.device)
     rank, world = init_distributed(dev)
     if model is None:
-        if released is not None: model = load_official_checkpoint(released, shots=cfg.shots)
+        if released is not None:
+            dataset = cfg.dataset if cfg.dataset in ('pascal', 'coco') else None     # decides the decoder bins
+            model = load_official_checkpoint(released, dataset=dataset, shots=cfg.shots)
         else:
             name = 'last.pth' if cfg.train.select == 'last' else 'best.pth'
             model, _ = load_checkpoint(checkpoint or out_dir / 'checkpoints' / name)
+    trained_fold = _check_fold(model, cfg)
     fast = inference_copy(model.to(dev))
     index = load_index(data_spec(cfg, 'test'), progress=progress and rank == 0)
     cache, pyramid = eval_caches(model, cfg, index, progress and rank == 0)
@@ -201,6 +249,8 @@ def run_eval(cfg: RunConfig, out_dir, model: SDAANet | None = None, checkpoint=N
            'miou_std': float(summary.query("metric == 'mIoU'")['std'].iloc[0]),
            'fb_iou': float(summary.query("metric == 'FB-IoU'")['mean'].iloc[0]),
            'seeds': list(results), 'episodes_per_seed': n, 'seconds': round(time.perf_counter() - t0, 2),
+           'trained_fold': trained_fold, 'seen_classes': trained_fold not in (None, cfg.fold),
+           'allow_seen_classes': cfg.eval.allow_seen_classes,
            'per_seed': {str(s): r.summary() for s, r in results.items()}}
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -211,11 +261,12 @@ def run_eval(cfg: RunConfig, out_dir, model: SDAANet | None = None, checkpoint=N
     return out
 
 # %% ../nbs/09_runs.ipynb #d1ea1ef6
-def run_train(cfg: RunConfig, out_dir, resume: bool = False, stop_after: int | None = None,
+def run_train(cfg: RunConfig, out_dir, resume: bool | str = False, stop_after: int | None = None,
               progress: bool = True) -> dict:
-    "Train `cfg` into `out_dir` (see `sdaanet.train.train`); returns the training summary."
+    """Train `cfg` into `out_dir` (see `sdaanet.train.train`, which locks the folder and writes `config.json`);
+    `resume`: False, True (an error when there is nothing to resume) or 'auto'. Returns the training summary."""
     out_dir = Path(out_dir)
-    _write_config(cfg, out_dir)
+    resume_point(out_dir, resume, cfg.to_dict())        # a refused resume fails before the data is read
     seed_everything(cfg.train.seed)                     # the head's initial weights are part of the seed's result
     model = SDAANet(cfg.model)
     train_spec = data_spec(cfg, 'train')

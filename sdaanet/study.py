@@ -4,32 +4,42 @@
 
 # %% ../nbs/12_study.ipynb #c3a41c14
 from __future__ import annotations
-import dataclasses, hashlib, json, os, re, shutil, subprocess, sys, threading, time
-from concurrent.futures import ThreadPoolExecutor
+import ctypes, dataclasses, functools, hashlib, json, logging, os, re, shutil, signal, subprocess, sys, threading, time, uuid
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+import dask
 import pandas as pd
 import torch
+from distributed import Client, KilledWorker, LocalCluster, Nanny, as_completed, get_worker
+from tqdm.auto import tqdm
 from .core import check_choice, check_positive, preset_section
 from .model import SDAANet
 from .data import load_index
 from .features import feature_cache
 from .runs import RunConfig, run_config, parse_overrides, data_spec, eval_caches
+from .evaluate import PAPER_SCALES
 from .report import build_report, environment
 
 # %% auto #0
-__all__ = ['METHODS', 'REGISTRY_COLUMNS', 'study_matrix', 'overrides_for', 'run_parameters', 'study_run_config', 'params_hash',
-           'Registry', 'run_notebook_path', 'execute_run', 'collapsed_seeds', 'run_threads', 'run_study', 'prepare',
-           'study']
+__all__ = ['METHODS', 'MATRICES', 'DISCREPANCIES', 'REGISTRY_COLUMNS', 'SCHEDULERS', 'LOST', 'study_matrix', 'discrepancy_matrix',
+           'overrides_for', 'run_parameters', 'study_run_config', 'params_hash', 'Registry', 'run_notebook_path',
+           'execute_run', 'collapsed_seeds', 'cluster_options', 'check_scheduler', 'local_cluster', 'jobqueue_cluster',
+           'study_client', 'run_threads', 'small_eval_size', 'run_study', 'eval_run_configs', 'prepare', 'study']
 
 # %% ../nbs/12_study.ipynb #c536fb61
 METHODS = {'baseline': dict(use_sdpm=False, use_saam=False), 'saam': dict(use_sdpm=False, use_saam=True),
            'sdpm': dict(use_sdpm=True, use_saam=False), 'sdaanet': dict(use_sdpm=True, use_saam=True)}
 
-def study_matrix(folds=(0, 1, 2, 3), multiscale: str = 'paper') -> list[dict]:
+def study_matrix(folds=(0, 1, 2, 3), multiscale: str = 'paper', matrix: str = 'main', small_size: int = 321) -> list[dict]:
     """The runs of the study, one dict each: run_id, method, fold, shots, kshot_strategy, evals [(shots, multiscale)];
-    SD-AANet 1-shot is also scored with the `multiscale` reading of Table IV."""
-    check_choice('multiscale', multiscale, ('paper', 'pyramid'))
+    SD-AANet 1-shot is also scored with the `multiscale` reading of Table IV. `matrix`: 'main' (Tables I-V),
+    'discrepancies' (paper vs released code, below; `small_size` is the paper's evaluation size) or 'all'."""
+    check_choice('multiscale', multiscale, ('paper', 'pyramid')); check_choice('matrix', matrix, MATRICES)
+    if matrix != 'main':
+        main = study_matrix(folds, multiscale)
+        refs = [r for r in main if (r['method'], r['shots']) == ('sdaanet', 1)]
+        return (main if matrix == 'all' else refs) + discrepancy_matrix(refs, small_size)
     runs = []
     for fold in folds:
         check_choice('fold', fold, range(4))
@@ -39,6 +49,27 @@ def study_matrix(folds=(0, 1, 2, 3), multiscale: str = 'paper') -> list[dict]:
         for method, strategy in (('baseline', 'separate'), ('sdaanet', 'separate'), ('sdaanet', 'integral')):
             runs.append(dict(method=method, fold=fold, shots=5, kshot_strategy=strategy, evals=[[5, 'single']]))
     for r in runs: r['run_id'] = f"{r['method']}-{r['shots']}shot-{r['kshot_strategy']}-fold{r['fold']}"
+    return runs
+
+# %% ../nbs/12_study.ipynb #20485df5
+MATRICES = ('main', 'discrepancies', 'all')
+DISCREPANCIES = {   # label: the overrides that switch one setting (see the table above)
+    'official-sdpm': ['model.variant=official'],
+    'lr10x': ['train.lr_scale=10'],
+    'bn-train': ['model.backbone_bn=train', 'cache_features=false'],
+    'eval-small': [],                                   # eval.size is the study's smaller scale (see below)
+    'paper-protocol': ['protocol=paper', 'cache_features=false'],
+    'from-images': ['cache_features=false']}            # the reference without the feature cache (see above)
+
+def discrepancy_matrix(refs: list[dict], small_size: int) -> list[dict]:
+    "One run per switch and reference run (SD-AANet 1-shot of the main matrix, one per fold)."
+    runs = []
+    for ref in refs:
+        for label, switch in DISCREPANCIES.items():
+            evals = [[1, 'single']] + ([[1, 'single', {'scoring': 'original'}]] if label == 'paper-protocol' else [])
+            extra = [f'eval.size={small_size}'] if label == 'eval-small' else []
+            runs.append(dict(ref, method=label, base='sdaanet', evals=evals, switch=[*switch, *extra],
+                             run_id=f"{label}-1shot-fold{ref['fold']}"))
     return runs
 
 # %% ../nbs/12_study.ipynb #7856b8db
@@ -59,9 +90,10 @@ def run_parameters(run: dict, preset: str, data_root: str | None, device: str, o
     study = preset_section(preset, 'study')
     overrides = [f"fold={run['fold']}", f"shots={run['shots']}", 'model.variant=paper',
                  f"model.kshot_strategy={run['kshot_strategy']}",
-                 *(f"model.{k}={str(v).lower()}" for k, v in METHODS[run['method']].items()),
+                 *(f"model.{k}={str(v).lower()}" for k, v in METHODS[run.get('base', run['method'])].items()),
                  *([f'data_root={data_root}'] if data_root else []),
-                 *study['overrides'], *study['per_shots'].get(run['shots'], []), *overrides_for(run['run_id'], extra)]
+                 *study['overrides'], *study['per_shots'].get(run['shots'], []), *run.get('switch', []),
+                 *overrides_for(run['run_id'], extra)]
     return dict(preset=preset, run_id=run['run_id'], method=run['method'], evals=run['evals'],
                 train_seeds=list(study['train_seeds']), device=device, out_dir=str(out_dir), demo_data=False,
                 overrides=overrides)
@@ -115,17 +147,25 @@ def run_notebook_path() -> Path:
                                 "(pip install -e .) of the sdaanet repository")
     return path
 
+@functools.cache
+def _prctl():
+    "libc's `prctl` on Linux, else None."
+    return getattr(ctypes.CDLL(None, use_errno=True), 'prctl', None) if sys.platform.startswith('linux') else None
+
 def execute_run(params: dict, threads: int | None = None, gpu: int | None = None, timeout: int | None = None) -> str | None:
     "Run the per-run notebook with `params` into `params['out_dir']`; returns None, or the error text when it failed."
     out_dir = Path(params['out_dir']); out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / 'params.json').write_text(json.dumps(params, indent=1))
     env = dict(os.environ)
-    if threads: env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), SDAANET_THREADS=str(threads))
+    if threads: env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
+                           SDAANET_THREADS=str(threads))
     if gpu is not None: env['CUDA_VISIBLE_DEVICES'] = str(gpu)
     cmd = [sys.executable, '-m', 'papermill', str(run_notebook_path()), str(out_dir / 'run.ipynb'),
            '-f', str(out_dir / 'params.json'), '--cwd', os.getcwd(), '--no-progress-bar', '-k', 'python3']
+    prctl = _prctl()    # PR_SET_PDEATHSIG (1): SIGKILL when the thread that started it ends
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
+                              preexec_fn=(lambda: prctl(1, signal.SIGKILL)) if prctl else None)
     except subprocess.TimeoutExpired:
         return f"timed out after {timeout} s"
     (out_dir / 'papermill.log').write_text(proc.stdout + proc.stderr)
@@ -149,7 +189,7 @@ def _queue(runs: list[dict], reg: Registry, preset: str, data_root, device, stud
         if done or failed:
             if progress: print(f"skip {run['run_id']}: {row['status']}" + (' (retry with --retry-failed)' if failed else ''))
             continue
-        resumable = row and row['status'] in ('running', 'pending') and row['params_hash'] == h
+        resumable = row and row['params_hash'] == h and (row['status'] in ('running', 'pending') or row['error'].startswith(LOST))
         if not resumable and Path(params['out_dir']).exists(): shutil.rmtree(params['out_dir'])  # stale or failed
         reg.update(run['run_id'], method=run['method'], fold=run['fold'], train_shots=run['shots'],
                    kshot_strategy=run['kshot_strategy'], status='pending', collapsed='', params_hash=h, started='',
@@ -165,77 +205,211 @@ def collapsed_seeds(out_dir) -> str:
     bad = seeds.loc[seeds['collapsed'].astype(bool), 'train_seed'].tolist()
     return f"{len(bad)} of {len(seeds)} seeds: {', '.join(map(str, bad))}" if bad else ''
 
+# %% ../nbs/12_study.ipynb #422eb43f
+SCHEDULERS = ('local', 'slurm', 'pbs')    # or the address of a running scheduler, 'tcp://host:port'
+LOST = 'worker lost'                      # how the registry error of a run whose worker died begins
+
+def _jobqueue():
+    try: import dask_jobqueue
+    except ImportError: raise ImportError('scheduler=slurm or pbs needs dask-jobqueue: pip install "sdaanet[cluster]"') from None
+    return dask_jobqueue
+
+def cluster_options(path, jobs: int = 1) -> tuple[dict, int]:
+    """The dask-jobqueue keyword arguments in the cluster config file `path` (YAML or JSON), and how many jobs to
+    start (its `jobs`, else `jobs`). A worker must run one run at a time: `cores` equal to `processes` (default 1)."""
+    path = Path(path)
+    if path.suffix not in ('.yaml', '.yml', '.json'):
+        raise ValueError(f"cluster_config={str(path)!r}: expected a .yaml, .yml or .json file of dask-jobqueue arguments")
+    if not path.is_file(): raise FileNotFoundError(f"cluster_config={str(path)!r} not found")
+    import yaml
+    opts = json.loads(path.read_text()) if path.suffix == '.json' else yaml.safe_load(path.read_text())
+    if not isinstance(opts, dict):
+        raise ValueError(f"{path}: expected a mapping of dask-jobqueue arguments (cores, memory, queue, walltime, ...), "
+                         f"got {type(opts).__name__}")
+    n = opts.pop('jobs', jobs); check_positive(f'jobs (in {path})', n, integer=True)
+    opts.setdefault('processes', 1)
+    if opts.get('cores') != opts['processes']:
+        raise ValueError(f"{path}: cores={opts.get('cores')!r} with processes={opts['processes']!r} would give workers that "
+                         "run several runs side by side; expected cores equal to processes (usually both 1: one thread, "
+                         "one run per worker), the run's CPUs booked with job_cpu (Slurm) or resource_spec (PBS)")
+    return opts, n
+
+def check_scheduler(scheduler: str, gpus=None, cluster_config=None, retries: int = 0) -> None:
+    "A clear error unless `scheduler`, `gpus`, `cluster_config` and `retries` go together (the config file is read)."
+    if not isinstance(scheduler, str) or (scheduler not in SCHEDULERS and '://' not in scheduler):
+        raise ValueError(f"scheduler={scheduler!r}: expected one of {SCHEDULERS} or a scheduler address like 'tcp://host:8786'")
+    if '://' in scheduler and scheduler.split('://')[0] not in ('tcp', 'tls', 'ucx', 'ws', 'wss', 'inproc'):
+        raise ValueError(f"scheduler={scheduler!r}: unknown address scheme; expected a Dask scheduler address like 'tcp://host:8786'")
+    if gpus and scheduler != 'local':
+        raise ValueError(f"gpus={gpus!r} pins the workers of the local cluster; with scheduler={scheduler!r} each worker "
+                         "uses the GPU its job or process was given")
+    if (cluster_config is not None) != (scheduler in ('slurm', 'pbs')):
+        raise ValueError(f"cluster_config={cluster_config!r} with scheduler={scheduler!r}: scheduler='slurm' or 'pbs' "
+                         "needs a cluster config file (YAML or JSON), and only they take one")
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise ValueError(f"retries={retries!r}: expected an integer >= 0")
+    if cluster_config is not None: cluster_options(cluster_config); _jobqueue()
+
+def _new_scheduler():
+    "Settings of the schedulers started here: a worker holds only the run it executes (none waits behind it)."
+    return dask.config.set({'distributed.scheduler.worker-saturation': 1.0})
+
+def local_cluster(jobs: int = 1, gpus=None, retries: int = 0) -> LocalCluster:
+    "A `LocalCluster` of `jobs` one-thread worker processes, or of one per GPU of `gpus` that sees only that GPU."
+    with _new_scheduler():
+        cluster = LocalCluster(n_workers=0 if gpus else jobs, threads_per_worker=1, processes=True, memory_limit=0,
+                               dashboard_address=':0', scheduler_kwargs={'allowed_failures': retries},
+                               silence_logs=logging.ERROR)
+    for g in gpus or ():
+        cluster.worker_spec[f'gpu{g}'] = {'cls': Nanny, 'options': {**cluster.new_spec['options'],
+                                                                   'env': {'CUDA_VISIBLE_DEVICES': str(g)}}}
+    if gpus: cluster.scale(len(gpus))
+    return cluster
+
+def jobqueue_cluster(scheduler: str, cluster_config, jobs: int = 1, retries: int = 0):
+    "A dask-jobqueue `SLURMCluster` or `PBSCluster` from `cluster_config` (no job submitted yet), and its number of jobs."
+    opts, n = cluster_options(cluster_config, jobs)
+    cls = {'slurm': 'SLURMCluster', 'pbs': 'PBSCluster'}[scheduler]
+    opts['scheduler_options'] = {**(opts.get('scheduler_options') or dask.config.get(f'jobqueue.{scheduler}.scheduler-options', None) or {}),
+                                 'allowed_failures': retries}
+    with _new_scheduler(): return getattr(_jobqueue(), cls)(**opts), n
+
+@contextmanager
+def study_client(scheduler: str = 'local', jobs: int = 1, gpus=None, cluster_config=None, retries: int = 0):
+    "A Dask `Client` of the cluster `scheduler` names (see above); a cluster started here is closed on exit."
+    check_scheduler(scheduler, gpus, cluster_config, retries)
+    if '://' in scheduler:
+        with Client(scheduler) as client: yield client
+        return
+    if scheduler == 'local': cluster, n = local_cluster(jobs, gpus, retries), 0
+    else: cluster, n = jobqueue_cluster(scheduler, cluster_config, jobs, retries)
+    with cluster, Client(cluster) as client:
+        if n: cluster.scale(jobs=n)
+        yield client
+
+# %% ../nbs/12_study.ipynb #98296a64
+def _cores() -> int:
+    "The CPUs this process may run on (a Slurm job's booked CPUs, say)."
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+
+def _run_task(params: dict, threads: int | None = None, topic: str | None = None) -> dict:
+    """A run's Dask task: tell the client it starts (an event on `topic`), run it with `execute_run` (`threads`,
+    else the worker's cores), return its registry values."""
+    started, t0 = _now(), time.perf_counter()
+    try: get_worker().log_event(topic, {'run_id': params['run_id'], 'started': started})
+    except ValueError: pass                                   # not on a worker
+    error = execute_run(params, threads or _cores())
+    return dict(error=error or '', started=started, ended=_now(), seconds=round(time.perf_counter() - t0, 1))
+
+def _outcome(future) -> dict:
+    "The registry values of a finished task: its run's, or why the task failed (its worker died, ...)."
+    if future.status == 'finished': return future.result()
+    try: e = future.exception()
+    except Exception as x: e = x                              # cancelled: the scheduler went away
+    error = f"{LOST} ({type(e).__name__}): {e}" if isinstance(e, KilledWorker) else f"{type(e).__name__}: {e}"
+    return dict(error=error[:500], ended=_now())
+
+def _execute(client: Client, todo: list[dict], threads, retries: int, reg: Registry, progress: bool) -> None:
+    "Submit one task per queued run; record each start and outcome in the registry as they come."
+    lock = threading.Lock()
+    def started(event):                                       # on the client's event loop
+        msg = event[1]
+        with lock:
+            if reg.get(msg['run_id'])['status'] == 'pending': reg.update(msg['run_id'], status='running', started=msg['started'])
+    topic = f'sdaanet-run-{uuid.uuid4().hex[:8]}'             # this call's: a shared scheduler serves other studies too
+    client.subscribe_topic(topic, started)
+    futures = {client.submit(_run_task, p, threads, topic, key=f"{p['run_id']}-{uuid.uuid4().hex[:8]}", pure=False,
+                             retries=retries): p for p in todo}
+    if progress and client.dashboard_link: print(f"Dask dashboard: {client.dashboard_link}", flush=True)
+    with tqdm(total=len(futures), desc='runs', unit='run', disable=not progress) as bar:
+        for future in as_completed(futures):
+            params, out = futures[future], _outcome(future)
+            with lock: reg.update(params['run_id'], status='failed' if out['error'] else 'done',
+                                  collapsed=collapsed_seeds(params['out_dir']), **out)
+            bar.update()
+            if progress: bar.write(f"{'FAILED' if out['error'] else 'done'} {params['run_id']}"
+                                   + (f" in {out['seconds']:.0f} s" if 'seconds' in out else '')
+                                   + (f": {out['error']}" if out['error'] else ''))
+    client.unsubscribe_topic(topic)
+
 # %% ../nbs/12_study.ipynb #7d7f2d5c
-def run_threads(preset: str, device: str, workers: int) -> int | None:
-    "Threads per run on the CPU: the preset's fixed `study.threads`, else the cores shared among the workers."
+def run_threads(preset: str, device: str, workers: int | None) -> int | None:
+    """Threads per run on the CPU: the preset's fixed `study.threads`, else this machine's cores shared among the
+    `workers` (None: the workers are elsewhere; each run takes its worker's cores)."""
     if device != 'cpu' and torch.cuda.is_available(): return None
-    return preset_section(preset, 'study').get('threads') or max(1, (os.cpu_count() or 1) // workers)
+    fixed = preset_section(preset, 'study').get('threads')
+    return fixed or (max(1, (os.cpu_count() or 1) // workers) if workers else None)
+
+def small_eval_size(preset: str) -> int:
+    "The paper's (smaller) evaluation size in the preset's scale: the smaller of its multi-scale sizes."
+    return min(run_config(preset).eval.scales or PAPER_SCALES)
 
 def run_study(study_dir, preset: str = 'embedded', data_root: str | None = None, folds=(0, 1, 2, 3),
               device: str = 'auto', jobs: int = 1, gpus: list[int] | None = None, retry_failed: bool = False,
-              only: list[str] | None = None, extra: list[str] = (), progress: bool = True) -> pd.DataFrame:
-    """Run (or resume) the study matrix into `study_dir`; returns the registry. `only` restricts it to these
+              only: list[str] | None = None, extra: list[str] = (), progress: bool = True,
+              matrix: str = 'main', *, scheduler: str = 'local', cluster_config: str | None = None,
+              retries: int = 0) -> pd.DataFrame:
+    """Run (or resume) the study `matrix` into `study_dir`; returns the registry. `only` restricts it to these
     run ids; `extra` are `--set` overrides (`KEY=VALUE` for every run, `RUN_ID:KEY=VALUE` for one; part of the
-    parameter hash)."""
+    parameter hash). `scheduler`, `cluster_config`, `retries`: where the runs execute (see `study_client`)."""
     study = preset_section(preset, 'study'); check_positive('jobs', jobs, integer=True)
+    check_scheduler(scheduler, gpus, cluster_config, retries)
+    runs = study_matrix(folds, study['multiscale'], matrix, small_eval_size(preset))
     study_dir = Path(study_dir); study_dir.mkdir(parents=True, exist_ok=True)
-    runs = study_matrix(folds, study['multiscale'])
     if only is not None:
         unknown = sorted(set(only) - {r['run_id'] for r in runs})
         if unknown: raise ValueError(f"only={unknown} are not runs of this study; expected ids like {runs[0]['run_id']!r}")
         runs = [r for r in runs if r['run_id'] in only]
     reg = Registry(study_dir / 'registry.csv')
     todo = _queue(runs, reg, preset, data_root, device, study_dir, extra, retry_failed, progress)
-    workers = len(gpus) if gpus else jobs
-    threads = run_threads(preset, device, workers)
-    slots = list(gpus) if gpus else [None] * workers
-
-    def one(params):
-        gpu = slots.pop() if gpus else None
-        try:
-            reg.update(params['run_id'], status='running', started=_now())
-            t0 = time.perf_counter()
-            error = execute_run(params, threads, gpu)
-            reg.update(params['run_id'], status='failed' if error else 'done', ended=_now(), error=error or '',
-                       seconds=round(time.perf_counter() - t0, 1), collapsed=collapsed_seeds(params['out_dir']))
-            if progress: print(f"{'FAILED' if error else 'done'} {params['run_id']} in {time.perf_counter() - t0:.0f} s"
-                               + (f": {error}" if error else ''), flush=True)
-        finally:
-            if gpus: slots.append(gpu)
-
+    threads = run_threads(preset, device, (len(gpus) if gpus else jobs) if scheduler == 'local' else None)
     if todo:
         prepare(todo, threads)
-        with ThreadPoolExecutor(workers) as pool: list(pool.map(one, todo))
+        with study_client(scheduler, jobs, gpus, cluster_config, retries) as client:
+            _execute(client, todo, threads, retries, reg, progress)
     return reg.frame()
 
 # %% ../nbs/12_study.ipynb #f7012569
+def eval_run_configs(cfg: RunConfig, evals) -> list[RunConfig]:
+    "One `RunConfig` per evaluation of a run: `[shots, multiscale]` or `[shots, multiscale, {eval overrides}]`."
+    return [dataclasses.replace(cfg, shots=k, eval=cfg.eval.replace(multiscale=ms, **(more[0] if more else {})))
+            for k, ms, *more in evals]
+
 def prepare(todo: list[dict], threads: int | None = None) -> None:
-    """Build the class indexes and feature caches (training split; test split at every evaluation size) once,
-    before parallel runs would each build them: each cache by two threads of `threads` threads each (the same
-    numbers as one builder)."""
+    """Build the class indexes and feature caches the queued runs need (training split; test split at every
+    evaluation size and reading) once, before parallel runs would each build them: each cache by two threads of
+    `threads` threads each (the same numbers as one builder)."""
+    needs = {}
     for params in todo:
         try: cfg = study_run_config(params)
         except ValueError: continue      # an invalid run fails in its own notebook, where the registry records it
-        if not cfg.cache_features: return
-        model, before = SDAANet(cfg.model), torch.get_num_threads()
-        readings = sorted({ms for p in todo for _, ms in p['evals']})       # every multi-scale reading of the study
-        evals = [dataclasses.replace(cfg, eval=cfg.eval.replace(multiscale=ms)) for ms in readings]
-        try:
-            if threads: torch.set_num_threads(threads)
-            spec = data_spec(cfg, 'train')
-            feature_cache(model, spec, load_index(spec, progress=False), progress=False, parts=2)
-            for c in evals: eval_caches(model, c, load_index(data_spec(c, 'test'), progress=False), parts=2)
-        finally: torch.set_num_threads(before)
-        return
+        if not cfg.cache_features: continue
+        needs.setdefault(('train', cfg.model.backbone, cfg.model.backbone_weights, cfg.train_size), ('train', cfg))
+        for c in eval_run_configs(cfg, params['evals']):
+            needs.setdefault(('test', cfg.model.backbone, cfg.model.backbone_weights, c.eval.size, c.eval.multiscale,
+                              c.eval.scales), ('test', c))
+    if not needs: return
+    before = torch.get_num_threads()
+    try:
+        if threads: torch.set_num_threads(threads)
+        for split, c in needs.values():      # a cache another need already built is only loaded (memory-mapped)
+            model, spec = SDAANet(c.model), data_spec(c, split)
+            index = load_index(spec, progress=False)
+            if split == 'train': feature_cache(model, spec, index, progress=False, parts=2)
+            else: eval_caches(model, c, index, parts=2)
+    finally: torch.set_num_threads(before)
 
 # %% ../nbs/12_study.ipynb #d4a609ab
 def study(study_dir, preset: str = 'embedded', data_root: str | None = None, folds=(0, 1, 2, 3), device: str = 'auto',
           jobs: int = 1, gpus=None, retry_failed: bool = False, html_dir='reports/_html', only=None, extra=(),
-          progress: bool = True) -> Path:
-    "Run the study matrix (skipping finished runs), then build the HTML report; returns the index page."
+          progress: bool = True, matrix: str = 'main', *, scheduler: str = 'local', cluster_config: str | None = None,
+          retries: int = 0) -> Path:
+    """Run the study `matrix` (skipping finished runs) on the Dask cluster `scheduler` names (see `run_study`), then
+    build the HTML report of the whole folder; returns the index page."""
     t0 = time.perf_counter()
     study_dir = Path(study_dir)
-    reg = run_study(study_dir, preset, data_root, folds, device, jobs, gpus, retry_failed, only, extra, progress)
+    reg = run_study(study_dir, preset, data_root, folds, device, jobs, gpus, retry_failed, only, extra, progress, matrix,
+                    scheduler=scheduler, cluster_config=cluster_config, retries=retries)
     split = {'runs_wall': round(time.perf_counter() - t0, 1), **_run_seconds(reg)}
     _write_study_json(study_dir, preset, data_root, folds, reg, split)
     t1 = time.perf_counter()

@@ -4,7 +4,8 @@
 
 # %% ../nbs/07_train.ipynb #3aee0077
 from __future__ import annotations
-import json, random, time
+import json, os, random, time, warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np
@@ -13,11 +14,13 @@ from tqdm.auto import tqdm
 from .core import Settings, check_choice, check_positive, preset_section, seed_everything
 from .model import SDAANet, folded_backbone
 from .engine import AMP_MODES, resolve_device, init_distributed, autocast_dtype, to_device, encode_batch, episode_forward
-from .checkpoints import save_checkpoint
+from .checkpoints import CHECKPOINT_FORMAT, CheckpointError, _read, check_state_dict, save_checkpoint
 
 # %% auto #0
-__all__ = ['SELECTIONS', 'OPTIMIZERS', 'TrainConfig', 'train_config', 'poly_lr', 'make_optimizer', 'EpochSampler',
-           'SeededEpisodes', 'NonFiniteLossError', 'RunLog', 'train_step', 'episode_batches', 'Validation', 'train']
+__all__ = ['SELECTIONS', 'OPTIMIZERS', 'LOCK_FILE', 'RESUME_MODES', 'GROWABLE', 'TrainConfig', 'train_config', 'poly_lr',
+           'make_optimizer', 'EpochSampler', 'SeededEpisodes', 'NonFiniteLossError', 'RunLog', 'train_step',
+           'episode_batches', 'Validation', 'RunLockedError', 'run_lock', 'setting_changes', 'describe_changes',
+           'resume_point', 'train']
 
 # %% ../nbs/07_train.ipynb #86e41f66
 SELECTIONS = ('last', 'val', 'best-test')
@@ -161,9 +164,13 @@ class RunLog:
             else: out_dir.mkdir(parents=True, exist_ok=True); self.path.write_text('')
         self.board = _tensorboard(out_dir) if rank == 0 else None
 
-    def write(self, row: dict, prefix: str = 'train') -> None:
+    def note(self, row: dict) -> None:
+        "A row for the log file alone (not TensorBoard), e.g. the settings a resumed run changed."
         if self.rank: return
         with self.path.open('a') as f: f.write(json.dumps(row) + '\n')
+
+    def write(self, row: dict, prefix: str = 'train') -> None:
+        self.note(row)
         if self.board is not None:
             for k, v in row.items():
                 if k not in ('iteration', 'epoch'): self.board.add_scalar(f'{prefix}/{k}', v, row['iteration'])
@@ -216,6 +223,90 @@ class Validation:
     @property
     def stop(self) -> bool: return self.patience is not None and self.stale >= self.patience
 
+# %% ../nbs/07_train.ipynb #1eaa9790
+class RunLockedError(ValueError):
+    "Another running process writes the run folder; the message names the folder and its process id."
+
+LOCK_FILE = '.lock'
+
+def _owner(path: Path) -> int | None:
+    "The process id in the lock file `path` (None: unreadable)."
+    try: text = path.read_text().strip()
+    except OSError: return None
+    return int(text) if text.isdigit() else None
+
+def _running(pid: int | None) -> bool:
+    if not pid: return False
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True                  # another user's process
+    return True
+
+def _take(path: Path) -> None:
+    "Create `path` holding this pid (O_EXCL: one process wins); the lock of a process that no longer runs is taken over."
+    for _ in range(3):
+        try: fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pid = _owner(path)
+            if _running(pid):
+                raise RunLockedError(f"run folder {path.parent} is being written by process {pid} (lock file {path}); "
+                                     "expected one run per folder: wait for it to end, or use another folder") from None
+            warnings.warn(f"run folder {path.parent}: taking over the lock of process {pid}, which no longer runs")
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, 'w') as f: f.write(str(os.getpid()))
+        return
+    raise RunLockedError(f"run folder {path.parent}: other processes keep taking its lock {path}")
+
+@contextmanager
+def run_lock(out_dir):
+    "Hold `out_dir/.lock` while a run writes the folder; released on exit, also on an error (an empty folder it made goes)."
+    folder = Path(out_dir).resolve(); path = folder / LOCK_FILE
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True); _take(path)
+    try: yield path
+    finally:
+        path.unlink(missing_ok=True)
+        if created and not any(folder.iterdir()): folder.rmdir()
+
+# %% ../nbs/07_train.ipynb #59d2414a
+RESUME_MODES = (False, True, 'auto')
+GROWABLE = ('train.max_iters',)              # the settings a resumed run may raise
+
+def _flat(d: dict, prefix: str = '') -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict): out.update(_flat(v, f'{prefix}{k}.'))
+        else: out[prefix + k] = v
+    return out
+
+def setting_changes(old: dict, new: dict) -> dict:
+    "`{dotted key: (old, new)}` of the settings that both nested dicts record and that differ."
+    a, b = _flat(old), _flat(new)
+    return {k: (a[k], v) for k, v in b.items() if k in a and a[k] != v}
+
+def describe_changes(changes: dict) -> str: return ', '.join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+
+def _grows(key: str, old, new) -> bool:
+    return key in GROWABLE and isinstance(old, int) and isinstance(new, int) and new > old
+
+def resume_point(out_dir, resume: bool | str, settings: dict) -> tuple[dict | None, dict]:
+    """The checkpoint a run into `out_dir` continues from (None: a new run) and the settings changed since (see
+    above). `settings`: nested dicts, e.g. `RunConfig.to_dict()` or `{'train': asdict(cfg)}`."""
+    check_choice('resume', resume, RESUME_MODES)
+    out_dir = Path(out_dir); last = out_dir / 'checkpoints' / 'last.pth'
+    if not resume or (resume == 'auto' and not last.exists()): return None, {}
+    if not last.exists():
+        raise FileNotFoundError(f"resume=True, but {out_dir} holds no run to resume ({last} not found); expected the "
+                                "folder of a stopped run (resume='auto' starts a new run when there is none)")
+    ckpt = _read(last, 'checkpoint to resume')
+    changes = setting_changes(ckpt.get('run_config') or {'train': ckpt.get('train_config') or {}}, settings)
+    refused = {k: v for k, v in changes.items() if not _grows(k, *v)}
+    if refused:
+        raise ValueError(f"cannot resume {out_dir} with other settings than it was trained with: "
+                         f"{describe_changes(refused)}; expected the same settings (train.max_iters may grow) or a new run folder")
+    return ckpt, changes
+
 # %% ../nbs/07_train.ipynb #f9cb70bf
 def _prepare(model: SDAANet, cfg: TrainConfig):
     "Device, process group, seed, memory layout, optimiser, autocast dtype and grad scaler of a run."
@@ -230,65 +321,90 @@ def _prepare(model: SDAANet, cfg: TrainConfig):
     scaler = torch.amp.GradScaler('cuda', enabled=dtype == torch.float16)
     return device, rank, world, channels_last, optimizer, dtype, scaler
 
-def _resume(path: Path, model: SDAANet, optimizer, scaler, cfg: TrainConfig) -> tuple[int, Validation]:
-    "Load the last checkpoint's model, optimiser, scaler and RNG states; returns its iteration and validation state."
-    ckpt = torch.load(path, map_location='cpu', weights_only=True)
+def _resume(ckpt: dict, path: Path, model: SDAANet, optimizer, scaler, cfg: TrainConfig) -> tuple[int, Validation]:
+    "Load `ckpt` (read from `path`): model, optimiser, scaler and RNG states; returns its iteration and validation state."
+    missing = [k for k in ('model', 'optimizer', 'scaler', 'iteration', 'rng') if k not in ckpt]
+    if ckpt.get('format') != CHECKPOINT_FORMAT or missing:
+        raise CheckpointError(f"{path} cannot be resumed: it lacks {missing or ['format']}; expected the last.pth train writes")
+    check_state_dict(model.state_dict(), ckpt['model'], str(path))
     model.load_state_dict(ckpt['model']); optimizer.load_state_dict(ckpt['optimizer'])
     scaler.load_state_dict(ckpt['scaler']); _set_rng_state(ckpt['rng'])
     return ckpt['iteration'], Validation(cfg.patience, ckpt.get('best'), ckpt.get('stale', 0))
 
 # %% ../nbs/07_train.ipynb #bd27c10e
-def train(model: SDAANet, dataset, cfg: TrainConfig, out_dir, resume: bool = False, stop_after: int | None = None,
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+    tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, path)
+
+def train(model: SDAANet, dataset, cfg: TrainConfig, out_dir, resume: bool | str = False, stop_after: int | None = None,
           validate=None, run_config: dict | None = None, progress: bool = True) -> dict:
-    """Train `model` on the episode `dataset` into `out_dir`. `resume` continues from `out_dir`'s last checkpoint;
+    """Train `model` on the episode `dataset` into `out_dir` (locked meanwhile; `run_config` is written as
+    `config.json`). `resume`: False, True or 'auto' (see `resume_point`; the settings are `run_config`, else `cfg`);
     `stop_after` ends this call after that many iterations (the schedule is unchanged); `validate(model) -> float`
-    scores the model at every checkpoint when `cfg.select` is 'val' or 'best-test'. Returns a summary dict."""
+    scores the model at every checkpoint when `cfg.select` is 'val' or 'best-test'. Returns a summary dict whose
+    `checkpoint` is the run's newest `last.pth` (None when none was written)."""
     out_dir = Path(out_dir); ckpt_dir = out_dir / 'checkpoints'
+    if stop_after is not None: check_positive('stop_after', stop_after, integer=True)
+    settings = run_config or {'train': json.loads(json.dumps(asdict(cfg)))}
     device, rank, world, channels_last, optimizer, dtype, scaler = _prepare(model, cfg)
     per_epoch = EpochSampler(len(dataset), cfg.batch_size, cfg.seed, world=world).batches_per_epoch()
     if per_epoch == 0:
         raise ValueError(f"{len(dataset)} training episodes cannot fill one batch of {cfg.batch_size} x {world} "
                          "process(es); lower batch_size")
-    total, it, val = cfg.max_iters or cfg.epochs * per_epoch, 0, Validation(cfg.patience)
-    if resume and (ckpt_dir / 'last.pth').exists(): it, val = _resume(ckpt_dir / 'last.pth', model, optimizer, scaler, cfg)
-    log = RunLog(out_dir, it, rank)
-    net = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == 'cuda' else None)
-    every, end = cfg.checkpoint_every or per_epoch, total if stop_after is None else min(total, it + stop_after)
+    with run_lock(out_dir) if rank == 0 else nullcontext():
+        ckpt, changes = resume_point(out_dir, resume, settings)
+        total, it, val = cfg.max_iters or cfg.epochs * per_epoch, 0, Validation(cfg.patience)
+        if ckpt is not None: it, val = _resume(ckpt, ckpt_dir / 'last.pth', model, optimizer, scaler, cfg)
+        start = saved = it if ckpt is not None else None          # saved: the iteration of this run's newest last.pth
+        if rank == 0 and run_config is not None: _write_json(out_dir / 'config.json', run_config)
+        log = RunLog(out_dir, it, rank)
+        if changes: log.note({'iteration': it, 'resumed': describe_changes(changes)})
+        trained_on = dict(dataset=settings.get('dataset'), fold=settings.get('fold'), input_size=None)
+        net = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == 'cuda' else None)
+        every, end = cfg.checkpoint_every or per_epoch, total if stop_after is None else min(total, it + stop_after)
 
-    def checkpoint():
-        if validate is not None and cfg.select != 'last':
-            score = validate(model); model.train()
-            log.write({'iteration': it, 'val_miou': round(score, 6)}, 'val')
-            if val.update(score, it) and rank == 0:
-                save_checkpoint(ckpt_dir / 'best.pth', model, iteration=it, score=score)
-        if rank == 0:
-            save_checkpoint(ckpt_dir / 'last.pth', model, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                            iteration=it, rng=_rng_state(), best=val.best, stale=val.stale, train_config=asdict(cfg),
-                            run_config=run_config)
+        def checkpoint():
+            nonlocal saved
+            if validate is not None and cfg.select != 'last':
+                score = validate(model); model.train()
+                log.write({'iteration': it, 'val_miou': round(score, 6)}, 'val')
+                if val.update(score, it) and rank == 0:
+                    save_checkpoint(ckpt_dir / 'best.pth', model, iteration=it, score=score, trained_on=trained_on,
+                                    run_config=run_config)
+            if rank == 0:
+                save_checkpoint(ckpt_dir / 'last.pth', model, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                                iteration=it, rng=_rng_state(), best=val.best, stale=val.stale, train_config=asdict(cfg),
+                                run_config=run_config, trained_on=trained_on)
+            saved = it
 
-    encoder = folded_backbone(model) if model.cfg.backbone_bn == 'frozen' else None   # after any resume
-    if encoder is not None and channels_last: encoder = encoder.to(memory_format=torch.channels_last)
-    bar = tqdm(total=end, initial=it, disable=not progress or rank != 0, desc='train', dynamic_ncols=True)
-    model.train()
-    t_log, it_log, start = time.perf_counter(), it, it
-    for it, epoch, batch in episode_batches(dataset, cfg, it, per_epoch, rank, world, device.type == 'cuda'):
-        if it >= end or val.stop: break
-        lr = poly_lr(cfg, it, total)
-        losses = train_step(net, model, encoder, to_device(batch, device, channels_last), optimizer, scaler, lr, dtype)
-        if not torch.isfinite(losses['total']):
-            terms = ', '.join(f"{k}={v.item():.4g}" for k, v in losses.items())
-            raise NonFiniteLossError(f"non-finite loss at iteration {it} (epoch {epoch}): {terms}; "
-                                     f"the last good checkpoint is {ckpt_dir / 'last.pth'}")
-        it += 1; bar.update(1)
-        if it % cfg.log_every == 0 or it == end:
-            now = time.perf_counter()
-            row = {'iteration': it, 'epoch': epoch, 'lr': lr, **{k: round(v.item(), 6) for k, v in losses.items()},
-                   'it_per_s': round((it - it_log) / (now - t_log), 4)}
-            t_log, it_log = now, it
-            bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in losses} | {'lr': f"{lr:.2e}"})
-            log.write(row)
-        if it % every == 0 or it == end: checkpoint()
-    bar.close(); log.close()
+        encoder = folded_backbone(model) if model.cfg.backbone_bn == 'frozen' else None   # after any resume
+        if encoder is not None and channels_last: encoder = encoder.to(memory_format=torch.channels_last)
+        bar = tqdm(total=end, initial=it, disable=not progress or rank != 0, desc='train', dynamic_ncols=True)
+        model.train()
+        t_log, it_log = time.perf_counter(), it
+        try:
+            for it, epoch, batch in episode_batches(dataset, cfg, it, per_epoch, rank, world, device.type == 'cuda'):
+                if it >= end or val.stop: break
+                trained_on['input_size'] = trained_on['input_size'] or int(batch['support_masks'].shape[-1])
+                lr = poly_lr(cfg, it, total)
+                losses = train_step(net, model, encoder, to_device(batch, device, channels_last), optimizer, scaler, lr, dtype)
+                if not torch.isfinite(losses['total']):
+                    terms = ', '.join(f"{k}={v.item():.4g}" for k, v in losses.items())
+                    kept = (f"the last good checkpoint is {ckpt_dir / 'last.pth'} (iteration {saved})" if saved is not None
+                            else "no checkpoint of this run was written yet")
+                    raise NonFiniteLossError(f"non-finite loss at iteration {it} (epoch {epoch}): {terms}; {kept}")
+                it += 1; bar.update(1)
+                if it % cfg.log_every == 0 or it == end:
+                    now = time.perf_counter()
+                    row = {'iteration': it, 'epoch': epoch, 'lr': lr, **{k: round(v.item(), 6) for k, v in losses.items()},
+                           'it_per_s': round((it - it_log) / (now - t_log), 4)}
+                    t_log, it_log = now, it
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in losses} | {'lr': f"{lr:.2e}"})
+                    log.write(row)
+                if it % every == 0 or it == end: checkpoint()
+        finally:
+            bar.close(); log.close()
     return {'iterations': it, 'total': total, 'finished': it >= total or val.stop, 'stopped_early': val.stop,
-            'best': val.best, 'checkpoint': str(ckpt_dir / 'last.pth')}
+            'best': val.best, 'checkpoint': str(ckpt_dir / 'last.pth') if saved is not None else None,
+            'resumed_from': start, 'changes': {k: list(v) for k, v in changes.items()}}

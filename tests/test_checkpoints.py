@@ -109,3 +109,22 @@ def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match='disk full'):
         save_checkpoint(path, model)
     assert path.read_bytes() == good and [p.name for p in tmp_path.iterdir()] == ['a.pth']
+
+
+@pytest.mark.parametrize('size,cells', [(473, (60, 30, 15, 7)), (321, (41, 20, 10, 5))])
+def test_resnet101_released_checkpoint_gets_the_coco_decoder(size, cells):
+    "A released ResNet-101 (COCO) checkpoint loads with the COCO configuration's decoder shares, pooled as released."
+    from sdaanet.modules import bin_size
+    coco = SDAANet(ModelConfig(backbone='resnet101', backbone_weights=None))
+    model = load_official_checkpoint(export_official(coco))
+    assert model.cfg.decoder_bins == (1.0, 0.5, 0.25, 0.125)
+    feat = model.encode_query(torch.zeros(1, 3, size, size))[0].shape[-1]   # the stride-8 map the decoder pools
+    assert tuple(bin_size(b, feat) for b in model.decoder.bins) == cells
+    assert load_official_checkpoint(export_official(coco), dataset='pascal').cfg.decoder_bins == (60, 30, 15, 8)
+
+
+def test_resnet50_released_checkpoint_keeps_the_pascal_decoder(released):
+    from sdaanet.modules import bin_size
+    model = load_official_checkpoint(released)
+    assert model.cfg.decoder_bins == (60, 30, 15, 8)
+    assert tuple(bin_size(b, 60) for b in model.decoder.bins) == (60, 30, 15, 8)

@@ -49,3 +49,11 @@ def test_data_commands(tmp_path):
     assert len(json.loads((tmp_path / 'ep.json').read_text())['episodes']) == 7
     out = run('data', 'index', '--root', str(tmp_path / 'missing'), '--cache-dir', str(cache))
     assert out.returncode == 2 and out.stderr.startswith('sdaanet data: error:') and 'missing' in out.stderr
+    lst = tmp_path / 'test_list.txt'                      # a test list of the first 10 test images
+    test_ids = [i for i in (root / 'ImageSets/Segmentation/val.txt').read_text().split()][:10]
+    lst.write_text(''.join(f'JPEGImages/{i}.jpg SegmentationClassAug/{i}.png\n' for i in test_ids))
+    out = run('data', 'index', '--root', str(root), '--cache-dir', str(cache), '--split', 'test', '--test-list', str(lst))
+    assert out.returncode == 0, out.stderr
+    assert 'embedded test: 10 images' in out.stdout
+    out = run('train', '--preset', 'pascal', '--out', str(tmp_path / 'r'), '--set', 'data.train_list=no/such.txt')
+    assert out.returncode == 2 and "data.train_list='no/such.txt'" in out.stderr and not (tmp_path / 'r').exists()

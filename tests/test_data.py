@@ -429,3 +429,27 @@ def test_coco_bad_input(coco, tmp_path):
     shutil.rmtree(coco / 'val2014')
     with pytest.raises(DataError, match=r"val2014 not found; expected a COCO 2014 folder"):
         coco_items(coco, 'test', cache_dir=tmp_path / 'cache', progress=False)
+
+
+def test_run_train_list_builds_the_index_from_that_list(voc, tmp_path):
+    "`data.train_list` (the released-list setting) reaches the run's training index, and only those images count."
+    import dataclasses
+    from sdaanet.runs import run_config, parse_overrides, data_spec
+    ids = [f'2008_{c:02d}0' for c in range(1, 11)]                  # one training image of each of classes 1-10
+    lst = tmp_path / 'released_train.txt'
+    lst.write_text(''.join(f'JPEGImages/{i}.jpg SegmentationClassAug/{i}.png\n' for i in ids))
+    cfg = run_config('pascal', **parse_overrides([f'data_root={voc}', f'cache_dir={tmp_path / "cache"}',
+                                                  f'data.train_list={lst}']))
+    assert cfg.to_dict()['data']['train_list'] == str(lst)          # recorded in config.json
+    train = load_index(dataclasses.replace(data_spec(cfg, 'train'), min_pixels=MIN), progress=False)
+    assert sorted(train.ids) == ids
+    assert [len(train.images_of(c)) for c in range(1, 21)] == [1] * 10 + [0] * 10
+    full = load_index(dataclasses.replace(data_spec(run_config('pascal', data_root=str(voc), cache_dir=str(tmp_path / 'cache')),
+                                                    'train'), min_pixels=MIN), progress=False)
+    assert [len(full.images_of(c)) for c in range(1, 21)] == [3] * 20    # the built list: all 60
+    test = load_index(dataclasses.replace(data_spec(cfg, 'test'), min_pixels=MIN), progress=False)
+    assert len(test.ids) == 60                                          # no test_list: VOC val
+    with pytest.raises(ValueError, match="data.test_list='nope.txt': no such file"):
+        run_config('pascal', **parse_overrides(['data.test_list=nope.txt']))
+    with pytest.raises(ValueError, match='PASCAL-layout'):
+        run_config('coco', **parse_overrides([f'data.train_list={lst}']))

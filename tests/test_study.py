@@ -3,7 +3,7 @@ iterations per training seed, two seeds per run. One run is made to fail (an inv
 only): it is recorded with its error while the other completes; a second call skips both; `retry_failed` runs the
 failed one again. The same runs with `--jobs 1` and `--jobs 2` give identical metrics; a run forced to predict
 background only is marked collapsed."""
-import json
+import json, os
 import pandas as pd
 import pytest
 from sdaanet.embedded import generate_embedded
@@ -23,8 +23,12 @@ def data(tmp_path_factory):
 def smoke_study(data):
     d, root = data
     extra = [f'cache_dir={d / "cache"}', f'{BAD}:model.alpha=-1']
-    index = study(d / 'study', 'smoke', str(root), folds=(0,), device='cpu', jobs=2, html_dir=d / 'html',
-                  only=[GOOD, BAD], extra=extra, progress=False)
+    here = os.getcwd()
+    os.chdir(d)                        # outside the checkout: the run and report notebooks come with the package
+    try:
+        index = study(d / 'study', 'smoke', str(root), folds=(0,), device='cpu', jobs=2, html_dir=d / 'html',
+                      only=[GOOD, BAD], extra=extra, progress=False)
+    finally: os.chdir(here)
     return d, root, extra, index
 
 
@@ -95,3 +99,33 @@ def test_background_only_run_is_marked_collapsed(data):
                     progress=False).set_index('run_id')
     assert reg.loc[run, 'status'] == 'done' and reg.loc[run, 'collapsed'] == '2 of 2 seeds: 0, 1'
     assert pd.read_csv(d / 'collapse' / 'runs' / run / 'seeds.csv')['collapsed'].all()
+
+
+def test_discrepancy_matrix_measures_every_switch(data):
+    "`--matrix discrepancies`: the reference and five switch runs per fold; every row of the report table measured."
+    from sdaanet.report import discrepancy_table, load_records, read_study, DISCREPANCY_ROWS
+    d, root = data
+    reg = run_study(d / 'disc', 'smoke', str(root), folds=(0,), device='cpu', jobs=2, matrix='discrepancies',
+                    extra=[f'cache_dir={d / "cache"}'], progress=False)
+    assert sorted(reg['run_id']) == sorted(['sdaanet-1shot-separate-fold0'] + [
+        f'{m}-1shot-fold0' for m in ('official-sdpm', 'lr10x', 'bn-train', 'eval-small', 'paper-protocol', 'from-images')])
+    assert (reg['status'] == 'done').all(), reg[['run_id', 'error']]
+    _, reg = read_study(d / 'disc')
+    records = load_records(reg, d / 'disc')
+    proto = records.query("method == 'paper-protocol'")
+    assert set(proto['scoring']) == {'resized', 'original'}
+    assert len(proto.query("scoring == 'original'")) == len(proto.query("scoring == 'resized'"))   # same episodes
+    table = discrepancy_table(reg, records).set_index('switch')
+    assert list(table.index) == list(DISCREPANCY_ROWS)
+    measured = table['verdict'] != 'not measured'                  # two-iteration models may collapse: then said so
+    assert (table.loc[measured, 'folds'] == '0').all()
+    for seeds, note in table.loc[measured, ['seeds per side', 'note']].itertuples(index=False):   # 2 seeds, or said why not
+        assert seeds == '2 / 2' or 'collapsed, left out' in note, (seeds, note)
+    assert table.loc[measured, 'verdict'].isin(['released higher', 'paper higher', 'cannot tell apart']).all()
+    assert table.loc[~measured, 'note'].str.contains('every training seed collapsed').all(), table['note'].tolist()
+    import torch                                                    # eval.size alone: the very same trained models
+    a, b = (torch.load(d / 'disc' / 'runs' / r / 'seed1' / 'checkpoints' / 'last.pth', weights_only=False)['model']
+            for r in ('sdaanet-1shot-separate-fold0', 'eval-small-1shot-fold0'))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    cfg = json.loads((d / 'disc' / 'runs' / 'bn-train-1shot-fold0' / 'seed0' / 'config.json').read_text())
+    assert cfg['model']['backbone_bn'] == 'train' and cfg['cache_features'] is False

@@ -1,0 +1,238 @@
+"""Bad input through the command line, the way a new user meets it. Every case asserts its outcome class:
+
+- `usage`: exit code 2 and one line `sdaanet <command>: error: ...` (or argparse's `error:` line) that names the
+  offending input, no traceback, and nothing written where the command would write;
+- `runtime`: exit code 1, one line with the error's type and a pointer to `--debug`, no traceback.
+
+The API-level cases (damaged checkpoints, resume and locks, masks, non-finite values, ...) are in
+`tests/test_reliability.py`."""
+import pytest
+import torch
+from sdaanet.cli import main
+from sdaanet.core import model_config
+from sdaanet.model import SDAANet
+from sdaanet.checkpoints import save_checkpoint
+from sdaanet.embedded import generate_embedded
+
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+    "A tiny embedded dataset, one of our checkpoints (smoke model), damaged checkpoints, images and a regular file."
+    d = tmp_path_factory.mktemp('bad')
+    root = generate_embedded(d / 'emb', n_train=40, n_test=40, size_range=(65, 81), progress=False)
+    ckpt = save_checkpoint(d / 'model.pth', SDAANet(model_config('smoke')))
+    (d / 'empty.pth').write_bytes(b'')
+    (d / 'text.pth').write_text('this is not a checkpoint\n')
+    (d / 'truncated.pth').write_bytes(ckpt.read_bytes()[:1000])
+    torch.save({'weights': torch.zeros(2)}, d / 'foreign.pth')
+    (d / 'a_file').write_text('x')
+    img = next((root / 'JPEGImages').glob('*.jpg'))
+    import numpy as np
+    from PIL import Image
+    lbl = np.asarray(Image.open(root / 'SegmentationClassAug' / f'{img.stem}.png'))
+    mask = d / 'mask.png'                                            # a 0/255 mask of the first class in the label
+    Image.fromarray(((lbl == lbl[(lbl > 0) & (lbl < 255)].min()) * 255).astype(np.uint8)).save(mask)
+    return dict(d=d, root=root, ckpt=ckpt, img=img, lbl=mask)
+
+
+def run_cli(argv, capsys):
+    "Exit code and stderr of `sdaanet argv` run in this process."
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in argv])
+    return e.value.code, capsys.readouterr().err
+
+
+def check(argv, capsys, code, *names):
+    "`argv` exits with `code`; stderr holds every one of `names` and no traceback."
+    got, err = run_cli(argv, capsys)
+    assert got == code, (got, err)
+    assert 'Traceback' not in err and 'error' in err, err
+    for name in names: assert str(name) in err, (name, err)
+    return err
+
+
+# ------------------------------------------------------------------ options argparse checks (usage, exit 2)
+
+ARGPARSE_CASES = [
+    (['smoke', '--size', '0'], "--size: '0' is not allowed"),
+    (['smoke', '--shots', '-1'], "--shots: '-1'"),
+    (['smoke', '--batch', 'two'], "--batch: 'two'"),
+    (['smoke', '--preset', 'cityscapes'], "'cityscapes'"),
+    (['data', 'generate', '--n-train', '0'], '--n-train'),
+    (['data', 'index', '--dataset', 'voc'], "'voc'"),
+    (['data', 'episodes'], '--out'),
+    (['data', 'episodes', '--out', 'e.json', '--fold', '4'], '--fold'),
+    (['data', 'episodes', '--out', 'e.json', '--episodes', '0'], '--episodes'),
+    (['data', 'bench-index', '--n-labels', '-5'], '--n-labels'),
+    (['data', 'bench-index', '--workers', '-1'], '--workers'),
+    (['train', '--out', 'r', '--fold', '7'], '--fold'),
+    (['train', '--out', 'r', '--shots', '0'], '--shots'),
+    (['train', '--out', 'r', '--stop-after', '-1'], '--stop-after'),
+    (['train', '--out', 'r', '--resume', 'maybe'], '--resume'),
+    (['train'], '--out'),
+    (['eval', '--out', 'r', '--preset', 'voc'], '--preset'),
+    (['predict', '--checkpoint', 'c', '--released', 'r', '--support', 's', '--support-mask', 'm', '--query', 'q',
+      '--out', 'o'], 'not allowed with argument'),
+    (['predict', '--checkpoint', 'c', '--support', 's', '--support-mask', 'm', '--query', 'q', '--out', 'o',
+      '--size', '0'], '--size'),
+    (['predict', '--checkpoint', 'c', '--support', 's', '--support-mask', 'm', '--query', 'q', '--out', 'o',
+      '--batch-size', '0'], '--batch-size'),
+    (['predict', '--checkpoint', 'c', '--support-mask', 'm', '--query', 'q', '--out', 'o'], '--support'),
+    (['bench', '--size', '0'], '--size'),
+    (['bench', '--support-cover', '1.5'], '--support-cover'),
+    (['bench', '--support-cover', '0'], '--support-cover'),
+    (['bench', '--backbone', 'resnet18'], '--backbone'),
+    (['bench', '--repeats', '0'], '--repeats'),
+    (['bench', '--amp', 'fp8'], '--amp'),
+    (['study', '--jobs', '0'], '--jobs'),
+    (['study', '--folds', '5'], '--folds'),
+    (['study', '--matrix', 'ablations'], '--matrix'),
+    (['study', '--gpus', '-1'], '--gpus'),
+    (['study', '--retries', '-1'], '--retries'),
+    (['nocommand'], "'nocommand'"),
+]
+
+
+@pytest.mark.parametrize('argv,name', ARGPARSE_CASES, ids=[' '.join(a)[:40] for a, _ in ARGPARSE_CASES])
+def test_argparse_rejects(argv, name, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    check(argv, capsys, 2, name)
+    assert list(tmp_path.iterdir()) == []                           # nothing written
+
+
+# ------------------------------------------------------------------ bad values found after parsing (usage, exit 2)
+
+def _train(files, out, *sets):
+    "A smoke `train` command (one iteration, should a check ever let it through)."
+    root = [] if any(s.startswith('data_root=') for s in sets) else ['--data-root', files['root']]
+    return ['train', '--preset', 'smoke', *root, '--out', out, '--set', 'train.max_iters=1',
+            *[a for s in sets for a in ('--set', s)]]
+
+
+@pytest.mark.parametrize('sets,names', [
+    (['nokey'], ["'nokey'", 'KEY=VALUE']),
+    (['model.bogus=1'], ["unknown model setting 'bogus'"]),
+    (['optim.lr=1'], ["section 'optim'"]),
+    (['train.base_lr=-1'], ['base_lr=-1']),
+    (['model.use_sdpm=maybe'], ["use_sdpm='maybe'"]),
+    (['eval.seeds=0'], ['seeds=0']),
+    (['eval.multiscale=both'], ["multiscale='both'"]),
+    (['cache_features=yes'], ["cache_features='yes'"]),
+    (['cache_features=true', 'model.backbone_bn=train'], ["backbone_bn='frozen'"]),
+    (['data.train_list=no/such/list.txt'], ["data.train_list='no/such/list.txt'"]),
+    (['data.sbd=no/such/folder'], ["data.sbd='no/such/folder'"]),
+    (['data_root=5'], ['data_root=5']),
+    (['eval.scoring=original'], ["protocol='paper'"]),
+    (['model.kshot_strategy=integral', 'model.variant=official'], ["variant='paper'"]),
+])
+def test_bad_settings_are_refused_before_anything_is_written(files, sets, names, capsys, tmp_path):
+    out = tmp_path / 'run'
+    check(_train(files, out, *sets), capsys, 2, *names)
+    assert not out.exists()
+
+
+def test_missing_data_root_names_it(files, capsys, tmp_path):
+    check(['train', '--preset', 'smoke', '--data-root', tmp_path / 'nowhere', '--out', tmp_path / 'run'], capsys, 2,
+          tmp_path / 'nowhere')
+
+
+def test_out_under_a_regular_file(files, capsys):
+    check(_train(files, files['d'] / 'a_file' / 'run'), capsys, 2, 'a_file')
+
+
+def test_resume_with_nothing_to_resume(files, capsys, tmp_path):
+    check(_train(files, tmp_path / 'run') + ['--resume'], capsys, 2, 'resume', tmp_path / 'run')
+
+
+@pytest.mark.parametrize('name', ['missing.pth', 'empty.pth', 'text.pth', 'truncated.pth', 'foreign.pth'])
+def test_bad_checkpoint_files_are_named(files, name, capsys, tmp_path):
+    path = files['d'] / name
+    check(['eval', '--preset', 'smoke', '--data-root', files['root'], '--out', tmp_path / 'ev', '--checkpoint', path],
+          capsys, 2, path)
+
+
+@pytest.mark.parametrize('name', ['missing.pth', 'empty.pth', 'text.pth'])
+def test_bad_released_checkpoint_files_are_named(files, name, capsys, tmp_path):
+    path = files['d'] / name
+    check(['eval', '--preset', 'smoke', '--data-root', files['root'], '--out', tmp_path / 'ev', '--released', path],
+          capsys, 2, path)
+
+
+def _predict(files, tmp_path, **kw):
+    args = {**dict(checkpoint=files['ckpt'], support=[files['img']], support_mask=[files['lbl']], query=[files['img']],
+                   out=tmp_path / 'pred'), **kw}
+    argv = ['predict']
+    for k, v in args.items():
+        argv += [f"--{k.replace('_', '-')}", *(v if isinstance(v, list) else [v])]
+    return argv
+
+
+def test_predict_missing_support_image(files, capsys, tmp_path):
+    check(_predict(files, tmp_path, support=[tmp_path / 'nope.jpg']), capsys, 2, 'nope.jpg')
+
+
+def test_predict_mask_count_must_match(files, capsys, tmp_path):
+    check(_predict(files, tmp_path, support_mask=[files['lbl'], files['lbl']]), capsys, 2, 'mask')
+
+
+def test_predict_dataset_only_with_released(files, capsys, tmp_path):
+    check(_predict(files, tmp_path, dataset='coco'), capsys, 2, '--dataset')
+
+
+def test_predict_unreadable_query_image(files, capsys, tmp_path):
+    bad = files['d'] / 'text.pth'
+    check(_predict(files, tmp_path, query=[bad]), capsys, 2, bad)
+
+
+def test_study_unknown_run_id(files, capsys, tmp_path):
+    check(['study', '--preset', 'smoke', '--dir', tmp_path / 's', '--only', 'no-such-run', '--data-root', files['root']],
+          capsys, 2, 'no-such-run')
+
+
+def test_study_unknown_scheduler(capsys, tmp_path):
+    check(['study', '--preset', 'smoke', '--dir', tmp_path / 's', '--scheduler', 'ftp://h:1'], capsys, 2, 'ftp://h:1')
+    check(['study', '--preset', 'smoke', '--dir', tmp_path / 's', '--scheduler', 'slurm'], capsys, 2, 'cluster_config=None', 'slurm')
+
+
+def test_study_bad_override(capsys, tmp_path):
+    check(['study', '--preset', 'smoke', '--dir', tmp_path / 's', '--set', 'nokey'], capsys, 2, "'nokey'")
+    assert not (tmp_path / 's').exists()
+
+
+# ------------------------------------------------------------------ runtime errors (exit 1) and --debug
+
+def test_runtime_error_is_one_line_with_its_type(files, capsys, monkeypatch):
+    import sdaanet.cli as cli
+    def broken(*a, **k): raise RuntimeError('the device fell over')
+    monkeypatch.setattr(cli, 'smoke', broken)
+    err = check(['smoke'], capsys, 1, 'RuntimeError: the device fell over', '--debug')
+    assert err.count('\n') == 1
+
+
+def test_debug_shows_the_traceback(files):
+    with pytest.raises(ValueError, match="'nokey'"):
+        main(['--debug', 'train', '--out', 'r', '--set', 'nokey'])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='needs a machine without CUDA')
+@pytest.mark.parametrize('argv', [['smoke', '--size', '65', '--random-weights'], ['bench', '--device', 'cuda', '--size', '65',
+                                  '--backbone', 'efficientnet_lite0', '--repeats', '1', '--warmup', '0']])
+def test_cuda_without_a_gpu(argv, capsys, monkeypatch):
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '')
+    if argv[0] == 'smoke':
+        argv = ['train', '--preset', 'smoke', '--out', 'never', '--set', 'train.device=cuda']
+    got, err = run_cli(argv, capsys)
+    assert got in (1, 2) and 'CUDA is not available' in err and 'Traceback' not in err, err
+
+
+def test_help_never_imports_torch():
+    "`sdaanet --help` and every command's `--help` parse without loading PyTorch (start-up time: see the README)."
+    import subprocess, sys
+    code = ("import sys\nfrom sdaanet.cli import main\n"
+            "for argv in (['--help'], ['smoke', '--help'], ['data', 'index', '--help'], ['train', '--help'], "
+            "['eval', '--help'], ['predict', '--help'], ['bench', '--help'], ['study', '--help']):\n"
+            "    try: main(argv)\n    except SystemExit as e: assert e.code == 0, argv\n"
+            "print(sorted(m for m in ('torch', 'torchvision', 'pandas', 'timm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == '[]'
