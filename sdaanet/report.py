@@ -54,8 +54,11 @@ def dataset_name(meta: dict, unknown: str = 'unknown') -> str:
 def measured_label(meta: dict) -> str: return f'measured ({dataset_name(meta)})'
 
 def run_dir(row, study_dir) -> Path | None:
-    "A run's folder: `out_dir` as written (relative to the working directory, or absolute), else `<study_dir>/runs/<run_id>`."
-    for p in ([Path(row['out_dir'])] if row['out_dir'] else []) + [Path(study_dir) / 'runs' / row['run_id']]:
+    """A run's folder: an absolute `out_dir`, else `<study_dir>/runs/<run_id>`, else a relative `out_dir` (relative to
+    the working directory: registries written before study folders were recorded absolute)."""
+    out = Path(row['out_dir']) if row['out_dir'] else None
+    for p in ([out] if out and out.is_absolute() else []) + [Path(study_dir) / 'runs' / row['run_id']] + (
+            [out] if out and not out.is_absolute() else []):
         if p.is_dir(): return p
     return None
 

@@ -355,7 +355,8 @@ def run_study(study_dir, preset: str = 'embedded', data_root: str | None = None,
     study = preset_section(preset, 'study'); check_positive('jobs', jobs, integer=True)
     check_scheduler(scheduler, gpus, cluster_config, retries)
     runs = study_matrix(folds, study['multiscale'], matrix, small_eval_size(preset))
-    study_dir = Path(study_dir); study_dir.mkdir(parents=True, exist_ok=True)
+    study_dir = Path(study_dir).resolve()      # absolute in the registry: whatever the working directory of a later reader
+    study_dir.mkdir(parents=True, exist_ok=True)
     if only is not None:
         unknown = sorted(set(only) - {r['run_id'] for r in runs})
         if unknown: raise ValueError(f"only={unknown} are not runs of this study; expected ids like {runs[0]['run_id']!r}")
