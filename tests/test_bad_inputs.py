@@ -160,7 +160,7 @@ def test_bad_released_checkpoint_files_are_named(files, name, capsys, tmp_path):
 
 def _predict(files, tmp_path, **kw):
     args = {**dict(checkpoint=files['ckpt'], support=[files['img']], support_mask=[files['lbl']], query=[files['img']],
-                   out=tmp_path / 'pred'), **kw}
+                   out=tmp_path / 'pred', size=65), **kw}                  # an untrained model records no size
     argv = ['predict']
     for k, v in args.items():
         argv += [f"--{k.replace('_', '-')}", *(v if isinstance(v, list) else [v])]
@@ -217,10 +217,11 @@ def test_debug_shows_the_traceback(files):
 @pytest.mark.skipif(torch.cuda.is_available(), reason='needs a machine without CUDA')
 @pytest.mark.parametrize('argv', [['smoke', '--size', '65', '--random-weights'], ['bench', '--device', 'cuda', '--size', '65',
                                   '--backbone', 'efficientnet_lite0', '--repeats', '1', '--warmup', '0']])
-def test_cuda_without_a_gpu(argv, capsys, monkeypatch):
+def test_cuda_without_a_gpu(argv, files, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '')
     if argv[0] == 'smoke':
-        argv = ['train', '--preset', 'smoke', '--out', 'never', '--set', 'train.device=cuda']
+        argv = ['train', '--preset', 'smoke', '--data-root', files['root'], '--out', tmp_path / 'never', '--set',
+                'train.device=cuda']
     got, err = run_cli(argv, capsys)
     assert got in (1, 2) and 'CUDA is not available' in err and 'Traceback' not in err, err
 
