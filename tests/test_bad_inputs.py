@@ -140,6 +140,11 @@ def test_out_under_a_regular_file(files, capsys):
     check(_train(files, files['d'] / 'a_file' / 'run'), capsys, 2, 'a_file')
 
 
+def test_cache_dir_under_a_regular_file(files, capsys, tmp_path):
+    check(_train(files, tmp_path / 'run', f"cache_dir={files['d'] / 'a_file' / 'cache'}"), capsys, 2, 'a_file')
+    assert not (tmp_path / 'run').exists()
+
+
 def test_resume_with_nothing_to_resume(files, capsys, tmp_path):
     check(_train(files, tmp_path / 'run') + ['--resume'], capsys, 2, 'resume', tmp_path / 'run')
 
