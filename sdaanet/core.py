@@ -5,14 +5,15 @@
 # %% ../nbs/00_core.ipynb #72aaa123
 from __future__ import annotations
 import dataclasses, json, random
+from pathlib import Path
 from fastcore.basics import patch
 from dataclasses import dataclass, asdict
 import numpy as np
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'IGNORE', 'BACKBONES', 'VARIANTS', 'KSHOT_STRATEGIES', 'BACKBONE_BN_MODES',
-           'DECODER_BINS', 'PRESETS', 'check_choice', 'check_positive', 'Settings', 'ModelConfig', 'preset_section',
-           'model_config', 'seed_everything']
+           'DECODER_BINS', 'PRESETS', 'check_choice', 'check_positive', 'checkout_file', 'Settings', 'ModelConfig',
+           'preset_section', 'model_config', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #d12dba24
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -29,6 +30,15 @@ def check_positive(key: str, value, integer: bool = False) -> None:
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
         raise ValueError(f"{key}={value!r} is not allowed; expected a positive {'integer' if integer else 'number'}")
+
+def checkout_file(*parts: str, what: str) -> Path:
+    "A file of the sdaanet checkout this package is installed from (`nbs/run.ipynb`, `reports/...`), whatever the cwd."
+    import sdaanet
+    path = Path(sdaanet.__file__).resolve().parent.parent.joinpath(*parts)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; expected {what} of an editable install (pip install -e .) of the "
+                                "sdaanet repository, which keeps nbs/ and reports/ beside the package")
+    return path
 
 # %% ../nbs/00_core.ipynb #aafcca1b
 class Settings:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from .core import checkout_file
 from .stats import bootstrap, verdict, weighted_miou
 
 # %% auto #0
@@ -585,12 +586,11 @@ def _html(notebook: Path, out_dir: Path, name: str, no_input: bool = False) -> P
 def report_sources(reports_dir=None) -> Path:
     """The folder of the report notebooks and `paper_tables.csv`: `reports_dir`, else `reports/` of the checkout this
     package is installed from (so a study builds its report from any working directory)."""
-    import sdaanet
-    path = Path(reports_dir) if reports_dir is not None else Path(sdaanet.__file__).resolve().parent.parent / 'reports'
+    path = Path(reports_dir) if reports_dir is not None else checkout_file('reports', 'tables.ipynb', what='the report notebooks').parent
     for name in (*(f'{r}.ipynb' for r in REPORTS), 'paper_tables.csv'):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path / name} not found; expected the report sources of the sdaanet repository "
-                                    "(an editable install, pip install -e ., keeps them in its reports/ folder)")
+                                    "(its reports/ folder)")
     return path
 
 def read_paper(reports_dir=None) -> pd.DataFrame:

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from distributed import Client, KilledWorker, LocalCluster, Nanny, as_completed, get_worker
 from tqdm.auto import tqdm
-from .core import check_choice, check_positive, preset_section
+from .core import check_choice, check_positive, checkout_file, preset_section
 from .model import SDAANet
 from .data import load_index
 from .features import feature_cache
@@ -140,12 +140,7 @@ def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec='seconds
 # %% ../nbs/12_study.ipynb #b63d1890
 def run_notebook_path() -> Path:
     "The per-run notebook (`nbs/run.ipynb` of the checkout this package is installed from)."
-    import sdaanet
-    path = Path(sdaanet.__file__).resolve().parent.parent / 'nbs' / 'run.ipynb'
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found; expected the per-run notebook of an editable install "
-                                "(pip install -e .) of the sdaanet repository")
-    return path
+    return checkout_file('nbs', 'run.ipynb', what='the per-run notebook')
 
 @functools.cache
 def _prctl():
