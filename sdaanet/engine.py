@@ -12,7 +12,7 @@ from .model import SDAANet, ENCODED
 
 # %% auto #0
 __all__ = ['AMP_MODES', 'resolve_device', 'init_distributed', 'autocast_dtype', 'to_device', 'encode_batch', 'episode_forward',
-           'NonFiniteError', 'check_batch', 'check_finite']
+           'NonFiniteError', 'check_batch', 'check_mask_values', 'check_finite']
 
 # %% ../nbs/06b_engine.ipynb #c2c8a856
 AMP_MODES = ('auto', 'bf16', 'fp16', 'off')
@@ -80,11 +80,14 @@ def check_batch(batch: dict) -> None:
         if x is not None and not x.is_floating_point():
             raise ValueError(f"{key} is a {x.dtype} tensor; expected float images, ImageNet-normalised as the "
                              "transforms give them")
-    masks = batch['support_masks']
-    odd = (masks != 0) & (masks != 1) & (masks != IGNORE)
+    check_mask_values(batch['support_masks'], 'support_masks hold')
+
+def check_mask_values(masks, subject: str) -> None:
+    "`ValueError` ('<subject> the value v; expected ...') unless `masks` (a tensor or an array) hold only 0, 1 and 255."
+    m = torch.as_tensor(masks)
+    odd = (m != 0) & (m != 1) & (m != IGNORE)
     if odd.any():
-        raise ValueError(f"support_masks hold the value {masks[odd][0].item():g}; expected 0 (background), 1 (object) "
-                         f"or {IGNORE} (ignore)")
+        raise ValueError(f"{subject} the value {m[odd][0].item():g}; expected 0 (background), 1 (object) or {IGNORE} (ignore)")
 
 def _where(batch: dict, bad: torch.Tensor) -> str:
     "The episodes (with query ids) of the rows `bad` of `batch`."

@@ -14,7 +14,7 @@ from .backbones import imagenet_normalize
 from .data import DataError, UnreadableFile
 from .modules import resize
 from .model import SDAANet
-from .engine import NonFiniteError
+from .engine import NonFiniteError, check_mask_values
 from .checkpoints import RELEASED_INPUT_SIZE
 from .analysis import PriorMaskModel
 
@@ -98,9 +98,7 @@ def _check_arrays(queries, supports, masks) -> None:
                 raise ValueError(f"{kind} {i} is {got}; expected a uint8 RGB array (H, W, 3), as read_rgb gives")
     for i, (m, s) in enumerate(zip(masks, supports)):
         m = np.asarray(m)
-        odd = (m != 0) & (m != 1) & (m != IGNORE)
-        if odd.any(): raise ValueError(f"support mask {i} holds the value {m[odd][0]:g}; expected 0 (background), "
-                                       f"1 (object) or {IGNORE} (ignore)")
+        check_mask_values(m, f'support mask {i} holds')
         if m.shape != s.shape[:2]: raise ValueError(f"support mask {i} is {m.shape}; expected its image's {s.shape[:2]}")
         if not (m == 1).any(): raise ValueError(f"support mask {i} marks no object pixel (value 1)")
 
