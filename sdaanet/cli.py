@@ -212,7 +212,8 @@ def _add_bench_parser(sub) -> None:
     b.add_argument('--variant', default='official', choices=('official', 'paper'))
     b.add_argument('--device', default='auto'); b.add_argument('--amp', default='auto', choices=('auto', 'bf16', 'fp16', 'off'))
     b.add_argument('--repeats', type=positive_int, default=5); b.add_argument('--warmup', type=non_negative_int, default=2)
-    b.add_argument('--only', choices=('eval', 'train'), default=None, help='time only one of the two')
+    b.add_argument('--only', choices=('eval', 'train', 'ensemble'), default=None,
+                   help='time only one part (ensemble: needs --ensemble)')
     b.add_argument('--support-cover', type=share, default=None,
                    help='support mask: a centred square covering this share of the image (default: random pixels)')
     b.add_argument('--vs-released', action='store_true',
@@ -220,14 +221,19 @@ def _add_bench_parser(sub) -> None:
                         'and print the ratio')
     b.add_argument('--preset', choices=sorted(PRESETS), default=None,
                    help="take the model's sizes from a preset (e.g. embedded); --backbone still applies")
+    b.add_argument('--ensemble', type=positive_int, default=None, metavar='S',
+                   help='also time one training step (cached features) of S seeds as one vectorised ensemble against '
+                        'S single-seed steps in turn, and print the speed-up')
 
 def _bench_command(args) -> None:
     from sdaanet.bench import bench
     sizes = {k: v for k, v in (PRESETS[args.preset]['model'] if args.preset else {}).items() if k != 'backbone'}
-    what = (args.only,) if args.only else ('eval', 'train')
+    if args.only == 'ensemble' and not args.ensemble:
+        raise ValueError("--only ensemble needs --ensemble S, the number of seeds")
+    what = () if args.only == 'ensemble' else (args.only,) if args.only else ('eval', 'train')
     print(json.dumps(bench(args.backbone, args.size, args.shots, args.batch, args.variant, args.device,
                            args.train_size, args.train_batch, args.repeats, args.warmup, args.amp, what,
-                           args.support_cover, args.vs_released, **sizes), indent=1))
+                           args.support_cover, args.vs_released, args.ensemble, **sizes), indent=1))
 
 # %% ../nbs/11_cli.ipynb #08dd467d
 def _add_run_parsers(sub) -> None:
@@ -252,6 +258,9 @@ def _add_study_parser(sub) -> None:
     p.add_argument('--gpus', type=non_negative_int, nargs='+', default=None, help='GPU ids; one run per GPU at a time')
     p.add_argument('--retry-failed', action='store_true', help='run the failed runs again')
     p.add_argument('--only', nargs='+', default=None, help='only these run ids')
+    p.add_argument('--train-seeds', type=non_negative_int, nargs='+', default=None, metavar='SEED',
+                   help="training seeds of every cell (default: the preset's, 0 1 2 3 4); recorded in each run's "
+                        "parameters and metrics.csv, and part of its hash")
     p.add_argument('--matrix', choices=('main', 'discrepancies', 'all'), default='main',
                    help="main: the runs of Tables I-V; discrepancies: each paper-vs-released-code switch alone "
                         "(beside the main matrix's SD-AANet 1-shot runs); all: both")
@@ -274,7 +283,8 @@ def _study_command(args) -> None:
     parse_overrides(args.overrides)   # checks KEY=VALUE now, not inside every run
     index = study(args.dir or f'runs/study-{args.preset}', args.preset, args.data_root, tuple(args.folds), args.device,
                   args.jobs, args.gpus, args.retry_failed, args.html, args.only, args.overrides, matrix=args.matrix,
-                  scheduler=args.scheduler, cluster_config=args.cluster_config, retries=args.retries)
+                  scheduler=args.scheduler, cluster_config=args.cluster_config, retries=args.retries,
+                  train_seeds=args.train_seeds)
     print(index)
 
 # %% ../nbs/11_cli.ipynb #730922fc

@@ -12,8 +12,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'IGNORE', 'BACKBONES', 'VARIANTS', 'KSHOT_STRATEGIES', 'BACKBONE_BN_MODES',
-           'DECODER_BINS', 'PRESETS', 'check_choice', 'check_positive', 'checkout_file', 'Settings', 'ModelConfig',
-           'preset_section', 'model_config', 'seed_everything']
+           'SDPM_PARTS', 'DECODER_BINS', 'PRESETS', 'check_choice', 'check_positive', 'checkout_file', 'Settings',
+           'ModelConfig', 'preset_section', 'model_config', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #d12dba24
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -57,6 +57,7 @@ BACKBONES = ('resnet50', 'resnet101', 'vgg16_bn', 'efficientnet_lite0')
 VARIANTS = ('official', 'paper')
 KSHOT_STRATEGIES = ('integral', 'separate')
 BACKBONE_BN_MODES = ('frozen', 'train')
+SDPM_PARTS = ('teacher', 'kd', 'reweight')        # the `sdpm_<part>` switches; each follows `variant` when None
 
 @dataclass
 class ModelConfig(Settings):
@@ -66,6 +67,9 @@ class ModelConfig(Settings):
     backbone_weights: str | None = 'imagenet'  # 'imagenet', a path to a state dict, or None (random init)
     backbone_bn: str = 'frozen'
     variant: str = 'official'
+    sdpm_teacher: str | None = None
+    sdpm_kd: str | None = None
+    sdpm_reweight: str | None = None
     use_sdpm: bool = True
     use_saam: bool = True
     kshot_strategy: str = 'separate'
@@ -84,6 +88,10 @@ class ModelConfig(Settings):
         self.saam_bins, self.decoder_bins = tuple(self.saam_bins), tuple(self.decoder_bins)
         self._check()
 
+    def sdpm_parts(self) -> dict:
+        "SDPM's three parts resolved: {'teacher', 'kd', 'reweight'} -> 'paper' | 'official' (None follows `variant`)."
+        return {part: getattr(self, f'sdpm_{part}') or self.variant for part in SDPM_PARTS}
+
 # %% ../nbs/00_core.ipynb #f1e84227
 @patch
 def _check(self: ModelConfig):
@@ -92,9 +100,17 @@ def _check(self: ModelConfig):
     check_choice('backbone_bn', self.backbone_bn, BACKBONE_BN_MODES)
     check_choice('variant', self.variant, VARIANTS)
     check_choice('kshot_strategy', self.kshot_strategy, KSHOT_STRATEGIES)
-    if self.variant == 'official' and self.kshot_strategy != 'separate':
-        raise ValueError("kshot_strategy='integral' is not allowed with variant='official': the released code "
-                         "has one K-shot rule (kshot_strategy='separate'); use variant='paper' for Table V")
+    for part in SDPM_PARTS:
+        key = f'sdpm_{part}'; value = getattr(self, key)
+        if value is not None and value not in VARIANTS:
+            raise ValueError(f"{key}={value!r} is not allowed; expected None (follow variant) or one of {sorted(VARIANTS)}")
+    if self.kshot_strategy != 'separate' and self.sdpm_parts()['teacher'] == 'official':
+        if self.sdpm_teacher is None:
+            raise ValueError(f"kshot_strategy={self.kshot_strategy!r} is not allowed with variant='official' (and "
+                             "sdpm_teacher=None): the released code has one K-shot rule (kshot_strategy='separate'); "
+                             "use variant='paper' (or sdpm_teacher='paper') for Table V")
+        raise ValueError(f"kshot_strategy={self.kshot_strategy!r} is not allowed with sdpm_teacher='official': the "
+                         "official teacher has one K-shot rule (kshot_strategy='separate'); use sdpm_teacher='paper'")
     for key in ('use_sdpm', 'use_saam'):
         if not isinstance(getattr(self, key), bool):
             raise ValueError(f"{key}={getattr(self, key)!r} is not allowed; expected True or False")
@@ -132,12 +148,14 @@ _EMBEDDED = dict(
     run=dict(dataset='embedded', data_root='data/embedded'),
     eval=dict(episodes=300, workers=2, scales=(89, 129)),
     study=dict(overrides=['cache_features=true', 'eval.batch_size=20', 'eval.workers=0', 'train.workers=0',
-                          'train.select=val', 'train.checkpoint_every=50', 'train.patience=2', 'train.val_episodes=40'],
-               per_shots={1: ['train.max_iters=180', 'train.batch_size=4'],
-                          5: ['train.max_iters=180', 'train.batch_size=2']},
-               train_seeds=(0, 1, 2), threads=1, multiscale='pyramid'))
+                          'train.select=val', 'train.schedule=constant', 'train.checkpoint_every=100',
+                          'train.patience=3', 'train.val_episodes=200'],
+               per_shots={1: ['train.max_iters=2000', 'train.batch_size=4'],       # caps: a safety net (see 07_train)
+                          5: ['train.max_iters=3000', 'train.batch_size=2']},
+               train_seeds=(0, 1, 2, 3, 4), threads=1, multiscale='pyramid', budgets=(100, 200, 400, 800, 1600)))
 
-_PAPER_STUDY = dict(overrides=['eval.seeds=5'], per_shots={}, train_seeds=(0, 1, 2), threads=None, multiscale='paper')
+_PAPER_STUDY = dict(overrides=['eval.seeds=5'], per_shots={}, train_seeds=(0, 1, 2, 3, 4), threads=None,
+                    multiscale='paper', budgets=())
 
 PRESETS = {
     'pascal': dict(model=dict(backbone='resnet50'), train=dict(epochs=200, batch_size=4, base_lr=0.0025),
@@ -147,10 +165,10 @@ PRESETS = {
     'embedded': _EMBEDDED,
     'smoke': dict(model={**_EMBEDDED['model'], 'backbone_weights': None}, train={**_EMBEDDED['train'], 'workers': 0},
                   run={**_EMBEDDED['run'], 'train_size': 65}, eval=dict(episodes=8, size=65, workers=0, scales=(49, 65)),
-                  study=dict(overrides=['cache_features=true'],
+                  study=dict(overrides=['cache_features=true', 'train.checkpoint_every=1'],
                              per_shots={1: ['train.max_iters=2', 'train.batch_size=2'],
                                         5: ['train.max_iters=2', 'train.batch_size=2']},
-                             train_seeds=(0, 1), threads=1, multiscale='pyramid')),
+                             train_seeds=(0, 1), threads=1, multiscale='pyramid', budgets=(1, 2))),
 }
 
 def preset_section(preset: str, section: str) -> dict:

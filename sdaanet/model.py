@@ -10,11 +10,11 @@ from torch import nn
 import torch.nn.functional as F
 from .core import ModelConfig
 from .backbones import build_backbone
-from .modules import SDPM, SAAM, FeatureEnrichmentDecoder, masked_gap, prior_mask, resize
+from .modules import SDPM, SAAM, FeatureEnrichmentDecoder, SeededDropout2d, masked_gap, prior_mask, resize
 from .losses import loss_terms
 
 # %% auto #0
-__all__ = ['ENCODED', 'SDAANet', 'fold_batchnorm', 'folded_backbone', 'inference_copy']
+__all__ = ['ENCODED', 'SDAANet', 'head_prior', 'fold_batchnorm', 'folded_backbone', 'inference_copy']
 
 # %% ../nbs/05_model.ipynb #903089c0
 ENCODED = ('q2', 'q3', 'q4', 's2', 's3', 's4', 'masks')   # the frozen encoder's outputs, in `encode`'s order
@@ -41,9 +41,9 @@ class SDAANet(nn.Module):
         self.cfg = cfg = (cfg or ModelConfig()).replace(**overrides)
         self.backbone = build_backbone(cfg.backbone, cfg.backbone_weights)
         dim, mid = cfg.reduce_dim, self.backbone.mid_channels
-        self.reduce_query = nn.Sequential(nn.Conv2d(mid, dim, 1, bias=False), nn.ReLU(inplace=True), nn.Dropout2d(0.5))
-        self.reduce_support = nn.Sequential(nn.Conv2d(mid, dim, 1, bias=False), nn.ReLU(inplace=True), nn.Dropout2d(0.5))
-        self.sdpm = SDPM(dim, cfg.se_reduction, cfg.variant, cfg.kshot_strategy) if cfg.use_sdpm else None
+        self.reduce_query = nn.Sequential(nn.Conv2d(mid, dim, 1, bias=False), nn.ReLU(inplace=True), SeededDropout2d(0.5))
+        self.reduce_support = nn.Sequential(nn.Conv2d(mid, dim, 1, bias=False), nn.ReLU(inplace=True), SeededDropout2d(0.5))
+        self.sdpm = SDPM(dim, cfg.se_reduction, cfg.variant, cfg.kshot_strategy, **cfg.sdpm_parts()) if cfg.use_sdpm else None
         self.saam = SAAM(dim, cfg.saam_dim, cfg.saam_bins) if cfg.use_saam else None
         self.decoder = FeatureEnrichmentDecoder(dim, cfg.decoder_bins, n_priors=1 + cfg.use_saam)
         self.train(self.training)
@@ -129,18 +129,24 @@ def forward(self: SDAANet, query_img=None, support_imgs=None, support_masks=None
     return self.head(out_size, *encoded, support_masks=support_masks, query_mask=query_mask, return_maps=return_maps)
 
 # %% ../nbs/05_model.ipynb #02d40e0e
+def head_prior(q3, q4, s4, masks) -> torch.Tensor:
+    "PFENet's prior mask (B, 1, h, w) at the reduced feature size (q3's), from `encode`'s tensors, as the head computes it."
+    return prior_mask(q4, s4, SDAANet.resize_masks(masks, s4.shape[-2:]), q3.shape[-2:])
+
 @patch
 def head(self: SDAANet, out_size, q2, q3, q4, s2, s3, s4, masks, support_masks=None, query_mask=None,
-         return_maps: bool = False):
+         return_maps: bool = False, prior: torch.Tensor | None = None):
     """Everything after the frozen encoder (steps 2-6), from `encode`'s tensors; `out_size` is the query's
-    (H, W). `support_masks` (full resolution) and `query_mask` are needed only for the training losses."""
+    (H, W). `support_masks` (full resolution) and `query_mask` are needed only for the training losses. `prior`
+    (B, 1, h, w) replaces the prior mask computed here (`head_prior`: it depends only on the frozen features, and its
+    data-dependent indexing cannot run inside `torch.func.vmap`)."""
     cfg, (H, W) = self.cfg, out_size
     query_feat = self.reduce_query(torch.cat([q3, q2], 1))
     supp_feats = self.reduce_support(torch.cat([s3, s2], 2).flatten(0, 1)).unflatten(0, s3.shape[:2])
     size = query_feat.shape[-2:]
     protos = masked_gap(supp_feats, masks)                                      # (B, K, C)
 
-    priors = [prior_mask(q4, s4, self.resize_masks(masks, s4.shape[-2:]), size)]
+    priors = [head_prior(q3, q4, s4, masks) if prior is None else prior]
     attention = self.saam.attention(query_feat, protos.mean(1)) if self.saam else None
     if attention is not None: priors.append(attention)
 

@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from .core import check_choice, VARIANTS, KSHOT_STRATEGIES
 
 # %% auto #0
-__all__ = ['GAP_EPS', 'OFFICIAL_KD_T', 'OFFICIAL_KD_SCALE', 'PRIOR_EPS', 'resize', 'masked_gap', 'SupportSE', 'channel_scale',
-           'kd_loss_paper', 'kd_loss_official', 'SDPM', 'PyramidPooling', 'SAAM', 'expand_proto', 'conv_cat',
-           'prior_mask', 'bin_size', 'FeatureEnrichmentDecoder', 'prototype_similarity']
+__all__ = ['GAP_EPS', 'OFFICIAL_KD_T', 'OFFICIAL_KD_SCALE', 'PRIOR_EPS', 'resize', 'hash32', 'dropout_key', 'SeededDropout2d',
+           'seed_dropout', 'masked_gap', 'SupportSE', 'channel_scale', 'kd_loss_paper', 'kd_loss_official',
+           'sdpm_kd_loss', 'SDPM', 'PyramidPooling', 'SAAM', 'expand_proto', 'conv_cat', 'prior_mask', 'bin_size',
+           'FeatureEnrichmentDecoder', 'prototype_similarity']
 
 # %% ../nbs/03_modules.ipynb #694295a8
 def resize(x: torch.Tensor, size) -> torch.Tensor:
@@ -20,6 +21,63 @@ def resize(x: torch.Tensor, size) -> torch.Tensor:
     size = tuple(size)
     if tuple(x.shape[-2:]) == size: return x
     return F.interpolate(x, size=size, mode='bilinear', align_corners=True)
+
+# %% ../nbs/03_modules.ipynb #5eed0002
+_M32, _GOLDEN = 0xFFFFFFFF, 0x9E3779B9
+
+def _mul32(x: torch.Tensor, m: int) -> torch.Tensor:
+    "(x * m) mod 2**32 for int64 `x` in [0, 2**32) and a 32-bit constant `m`, in 16-bit halves: never above 2**49."
+    return (x * (m & 0xFFFF) + (((x * (m >> 16)) & 0xFFFF) << 16)) & _M32
+
+def hash32(x: torch.Tensor) -> torch.Tensor:
+    "A 32-bit integer hash (Wellons' lowbias32) of int64 tensors holding values in [0, 2**32), elementwise."
+    x = x ^ (x >> 16); x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15); x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+def _absorb(h, v):
+    "The hash state `h` with `v` (in [0, 2**32); a tensor or an int) folded in."
+    return hash32(((h ^ v) + _GOLDEN) & _M32)
+
+def dropout_key(seed: int, step: int) -> torch.Tensor:
+    "The int64 key (seed low, seed high, step low, step high 32 bits) of training step `step` of seed `seed`."
+    return torch.tensor([seed & _M32, (seed >> 32) & _M32, step & _M32, (step >> 32) & _M32])
+
+class SeededDropout2d(nn.Module):
+    """`nn.Dropout2d(p)` (whole channels zeroed with probability `p`, the kept ones scaled by 1/(1-p); identity in
+    eval mode) whose mask is a hash of (seed, step, layer, call, sample, channel) instead of a draw from the global
+    RNG, once `seed_dropout` has keyed it; unkeyed it draws as `nn.Dropout2d` does."""
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0 <= p < 1: raise ValueError(f"p={p!r} is not allowed; expected a probability in [0, 1)")
+        self.p, self.layer, self.calls, self.seeded = p, 0, 0, False
+        self.register_buffer('key', dropout_key(0, 0), persistent=False)   # per model: stacked by an ensemble
+
+    def extra_repr(self): return f'p={self.p}'
+
+    def channel_mask(self, n: int, c: int, call: int) -> torch.Tensor:
+        "The (n, c) keep mask (bool) of the `call`-th call since the key was set."
+        h = hash32(self.key[0])
+        for v in (self.key[1], self.key[2], self.key[3], self.layer, call): h = _absorb(h, v)
+        h = _absorb(h[..., None], torch.arange(n, device=self.key.device))                   # per sample
+        h = _absorb(h[..., None], torch.arange(c, device=self.key.device))                   # per channel
+        return (h >> 8).float() * 2.0 ** -24 >= self.p                                       # 24 bits: exact in fp32
+
+    def forward(self, x):
+        if not self.training or self.p == 0: return x
+        if not self.seeded: return F.dropout2d(x, self.p, True)
+        call, self.calls = self.calls, self.calls + 1
+        scale = self.channel_mask(x.shape[0], x.shape[1], call).to(x.dtype).div_(1 - self.p)
+        return x * scale[..., None, None]
+
+def seed_dropout(model: nn.Module, seed: int, step: int) -> nn.Module:
+    """Key every `SeededDropout2d` of `model` to training step `step` of seed `seed` (layers numbered in module
+    order) and reset their call counters; the trainer calls it before every step."""
+    key = dropout_key(seed, step)
+    layers = [m for m in model.modules() if isinstance(m, SeededDropout2d)]
+    for i, m in enumerate(layers):
+        m.key.copy_(key); m.layer, m.calls, m.seeded = i, 0, True
+    return model
 
 # %% ../nbs/03_modules.ipynb #01d2e0fe
 GAP_EPS = 5e-4
@@ -56,13 +114,35 @@ def kd_loss_official(student: torch.Tensor, teacher: torch.Tensor, T: float = OF
     kl = F.kl_div((student / T).log_softmax(-1), (teacher / T).softmax(-1), reduction='none').mean()
     return kl * OFFICIAL_KD_SCALE * T * T
 
+# %% ../nbs/03_modules.ipynb #3839dafe
+def sdpm_kd_loss(student: torch.Tensor, target: torch.Tensor, teacher: str = 'paper', kd: str = 'paper',
+                 T: float = OFFICIAL_KD_T) -> torch.Tensor:
+    '''One shot's L_KD for any mix of the parts: `student` p'_s (B, C); `target` the query prototype p'_q (paper
+    teacher) or the teacher vector t = (p_q + p'_s) / 2 (official teacher); `kd` the loss ('official': temperature `T`).'''
+    check_choice('sdpm_teacher', teacher, VARIANTS); check_choice('sdpm_kd', kd, VARIANTS)
+    if kd == 'paper':
+        if teacher == 'paper': return kd_loss_paper(student, target)
+        d_s, d_t = student.softmax(-1), target.softmax(-1)                     # official teacher, paper KL
+        return (d_t * (d_t.log() - d_s.log())).sum(-1).mean()
+    if teacher == 'official': return kd_loss_official(student, target, T)
+    d_t = ((student / T).softmax(-1) + (target / T).softmax(-1)) / 2           # paper teacher, released KLDiv
+    return F.kl_div((student / T).log_softmax(-1), d_t, reduction='none').mean() * OFFICIAL_KD_SCALE * T * T
+
 # %% ../nbs/03_modules.ipynb #f4196f18
 class SDPM(nn.Module):
-    "Self-distillation guided prototype module, `variant` 'paper' or 'official'."
-    def __init__(self, dim: int, reduction: int = 4, variant: str = 'official', strategy: str = 'separate'):
+    """Self-distillation guided prototype module. `variant` ('paper' or 'official') sets its three parts together;
+    `teacher`, `kd` and `reweight` ('paper', 'official', or None: follow `variant`) set them one by one."""
+    def __init__(self, dim: int, reduction: int = 4, variant: str = 'official', strategy: str = 'separate',
+                 teacher: str | None = None, kd: str | None = None, reweight: str | None = None):
         super().__init__()
         check_choice('variant', variant, VARIANTS); check_choice('kshot_strategy', strategy, KSHOT_STRATEGIES)
         self.variant, self.strategy = variant, strategy
+        self.teacher, self.kd, self.reweight = (variant if p is None else p for p in (teacher, kd, reweight))
+        for part in ('teacher', 'kd', 'reweight'): check_choice(f'sdpm_{part}', getattr(self, part), VARIANTS)
+        if strategy == 'integral' and self.teacher == 'official':
+            raise ValueError("kshot_strategy='integral' is not allowed with the official teacher (sdpm_teacher='official'"
+                             f", variant={variant!r}): it has one K-shot rule (kshot_strategy='separate'); "
+                             "use sdpm_teacher='paper' or variant='paper'")
         self.se = SupportSE(dim, reduction)
 
     def forward(self, query_feat, supp_feats, supp_masks, query_mask=None):
@@ -71,25 +151,24 @@ class SDPM(nn.Module):
         v = self.se(masked_gap(supp_feats, supp_masks))                # (B, K, C)
         supp_rw = supp_feats * channel_scale(v)                         # Eq. 3, every shot
         shot_protos = masked_gap(supp_rw, supp_masks)                   # p'^i_s
-        teacher = query_mask is not None
-        if self.variant == 'official':
-            kd = None
-            if teacher:
-                base = masked_gap(query_feat, query_mask)[:, None]      # before reweighting
-                kd = torch.stack([kd_loss_official(shot_protos[:, i], (base[:, 0] + shot_protos[:, i]) / 2)
-                                  for i in range(v.shape[1])]).mean()
+        K, kd, teacher = v.shape[1], None, query_mask is not None       # the teacher: training only
+        def distil(target): return torch.stack([sdpm_kd_loss(shot_protos[:, i], target(i), self.teacher, self.kd)
+                                                for i in range(K)]).mean()
+        if teacher and self.teacher == 'official':                      # t_i = (p_q + p'^i_s) / 2, p_q before
+            base = masked_gap(query_feat, query_mask)[:, None]          # reweighting; built first, as in the released
+            kd = distil(lambda i: (base[:, 0] + shot_protos[:, i]) / 2)     # code (the same gradient sums, bit for bit)
+        if self.reweight == 'official':                                 # cumulative over the shots, then the mean
             a = (v + 1) / 2
             query_out = query_feat * a.prod(1)[..., None, None] * channel_scale(a.mean(1))
         else:
             query_out = query_feat * channel_scale(v.mean(1))            # Eq. 6 = mean of Eq. 8
-            kd = None
-            if teacher:
-                if self.strategy == 'integral':
-                    q_protos = masked_gap(query_out, query_mask)[:, None].expand_as(shot_protos)
-                else:
-                    q_protos = masked_gap(query_feat[:, None] * channel_scale(v), query_mask[:, None])
-                kd = torch.stack([kd_loss_paper(shot_protos[:, i], q_protos[:, i])
-                                  for i in range(v.shape[1])]).mean()
+        if teacher and self.teacher == 'paper':
+            if self.strategy == 'integral':                             # one p'_q of the Eq. 6 query
+                eq6 = query_out if self.reweight == 'paper' else query_feat * channel_scale(v.mean(1))
+                q = masked_gap(eq6, query_mask); kd = distil(lambda i: q)
+            else:                                                       # p^i_q of F_q (v^i + 1) / 2
+                q = masked_gap(query_feat[:, None] * channel_scale(v), query_mask[:, None])
+                kd = distil(lambda i: q[:, i])
         return query_out, shot_protos.mean(1), shot_protos, supp_rw, kd
 
 # %% ../nbs/03_modules.ipynb #abe6e70c
@@ -103,7 +182,7 @@ class PyramidPooling(nn.Module):
                           nn.ReLU(inplace=True)) for b in bins)
         self.bottleneck = nn.Sequential(
             nn.Conv2d(in_dim + mid * len(bins), out_dim, 3, padding=1, bias=False), nn.BatchNorm2d(out_dim),
-            nn.ReLU(inplace=True), nn.Dropout2d(dropout))
+            nn.ReLU(inplace=True), SeededDropout2d(dropout))
 
     def forward(self, x):
         parts = [x] + [stage(x) for stage in self.stages]      # the bins enter resized to x's size (`conv_cat`)
@@ -194,7 +273,7 @@ def _conv3x3_relu(dim: int, out: int | None = None, bias: bool = False):
     return [nn.Conv2d(dim, out or dim, 3, padding=1, bias=bias), nn.ReLU(inplace=True)]
 
 def _classifier(dim: int):
-    return nn.Sequential(*_conv3x3_relu(dim), nn.Dropout2d(0.1), nn.Conv2d(dim, 2, 1))
+    return nn.Sequential(*_conv3x3_relu(dim), SeededDropout2d(0.1), nn.Conv2d(dim, 2, 1))
 
 def bin_size(b: float, feat_height: int) -> int:
     "A decoder bin in cells: `b` itself above 1, else that share of the feature height (at least 1)."

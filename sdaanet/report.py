@@ -15,17 +15,19 @@ from .stats import bootstrap, verdict, weighted_miou
 
 # %% auto #0
 __all__ = ['FOLDS', 'COLUMNS', 'DATASETS', 'NOT_APPLICABLE', 'KEYS', 'METRIC_COLUMNS', 'RECORD_COLUMNS', 'METHOD_NAMES', 'MULTI',
-           'N_BOOT', 'BOOT_COLUMNS', 'INTERVALS', 'SHOTS', 'OURS', 'ONE_SHOT', 'ABLATION', 'FIVE_SEPARATE', 'CLAIMS',
-           'VERDICT_READING', 'NOT_MEASURED', 'REFERENCE', 'FROM_IMAGES', 'DISCREPANCY_ROWS', 'REPORTS',
-           'PAPER_COLUMNS', 'read_study', 'dataset_name', 'measured_label', 'run_dir', 'load_metrics', 'seed_flags',
-           'with_flags', 'load_records', 'measure', 'fold_mean', 'fold_cells', 'interval', 'fmt', 'pct', 'n_seeds',
-           'reasons', 'left_out', 'collapsed_note', 'paper_cells', 'comparison_table', 'paper_vs_measured', 'show',
-           'point', 'ordering_sentence', 'learned_cells', 'prior_check', 'paper_mean', 'side_difference',
-           'measured_columns', 'claim_row', 'claims_table', 'effect_verdict', 'discrepancy_table', 'class_name',
-           'class_label', 'fold_classes', 'per_class_table', 'study_folds', 'one_shot_run', 'load_figure_data',
-           'examples', 'shared_examples', 'attention_examples', 'worst_examples', 'input_size', 'small_target_records',
-           'bin_table', 'fit', 'contrast', 'sigmoid', 'report_sources', 'read_paper', 'study_claims', 'build_report',
-           'environment', 'claims_html', 'discrepancies_html', 'notebook_title', 'build_docs']
+           'N_BOOT', 'INTERVAL_METHOD', 'BOOT_COLUMNS', 'INTERVALS', 'SHOTS', 'OURS', 'ONE_SHOT', 'ABLATION',
+           'FIVE_SEPARATE', 'CLAIMS', 'VERDICT_READING', 'NOT_MEASURED', 'FINAL', 'VERDICT_COLOURS', 'REFERENCE',
+           'FROM_IMAGES', 'DISCREPANCY_ROWS', 'REPORTS', 'PAPER_COLUMNS', 'read_study', 'dataset_name',
+           'measured_label', 'run_dir', 'load_metrics', 'seed_flags', 'with_flags', 'load_records', 'measure',
+           'fold_mean', 'fold_cells', 'interval', 'fmt', 'pct', 'n_seeds', 'reasons', 'left_out', 'collapsed_note',
+           'paper_cells', 'comparison_table', 'paper_vs_measured', 'show', 'point', 'ordering_sentence',
+           'learned_cells', 'prior_check', 'paper_mean', 'side_difference', 'measured_columns', 'claim_row',
+           'claims_table', 'load_seeds', 'convergence_table', 'cap_summary', 'load_budget_records', 'budget_table',
+           'budget_figure', 'budget_verdicts', 'effect_verdict', 'discrepancy_table', 'class_name', 'class_label',
+           'fold_classes', 'per_class_table', 'study_folds', 'one_shot_run', 'load_figure_data', 'examples',
+           'shared_examples', 'attention_examples', 'worst_examples', 'input_size', 'small_target_records', 'bin_table',
+           'fit', 'contrast', 'sigmoid', 'report_sources', 'read_paper', 'study_claims', 'build_report', 'environment',
+           'claims_html', 'budget_html', 'discrepancies_html', 'notebook_title', 'build_docs']
 
 # %% ../nbs/13_report.ipynb #a1c0f002
 FOLDS = (0, 1, 2, 3)
@@ -37,7 +39,7 @@ KEYS = ['run_id', 'method', 'fold', 'train_shots', 'kshot_strategy', 'eval_shots
 METRIC_COLUMNS = KEYS + ['metric', 'class_id', 'value']
 RECORD_COLUMNS = KEYS + ['episode', 'class_id', 'iou', 'fg_pixels', 'intersection', 'union', 'collapsed']
 METHOD_NAMES = {'baseline': 'Baseline', 'saam': 'Baseline + SAAM', 'sdpm': 'Baseline + SDPM', 'sdaanet': 'SD-AANet',
-                'prior-mask': 'Prior mask'}
+                'released': 'SD-AANet (released form)', 'prior-mask': 'Prior mask'}
 
 def read_study(study_dir) -> tuple[dict, pd.DataFrame]:
     "`study.json` (empty when absent) and `registry.csv` (text; `fold` and `train_shots` as int) of `study_dir`."
@@ -146,11 +148,13 @@ def fold_cells(registry, records, spec=None, blocked=None) -> dict:
 
 # %% ../nbs/13_report.ipynb #a1c0f008
 N_BOOT = 2000
+INTERVAL_METHOD = 't'     # stats.bootstrap's method: 't' (coverage-tested, the default) or 'percentile'
 BOOT_COLUMNS = ['fold', 'train_seed', 'eval_seed', 'episode', 'class_id', 'intersection', 'union']
-INTERVALS = ('Each number is the class mIoU (%) with its 95 % interval: a percentile bootstrap over training seeds and '
-             'test episodes (2000 replicates; each replicate draws the training seeds with replacement and re-weights '
-             'the test episodes, per fold; a mean over folds averages the folds of a replicate). Collapsed seeds '
-             '(background-only models) are left out and listed under the table.')
+INTERVALS = ('Each number is the class mIoU (%) with its 95 % interval: a t interval at the training-seed level '
+             '(between-seed variance pooled over folds, Welch-Satterthwaite degrees of freedom) combined with the '
+             "test episodes' shared variance (a linearised, resampling-free estimate); its coverage is simulated in "
+             'the stats notebook (94-97 % at 3 and 5 seeds). Collapsed seeds (background-only models) are left out '
+             'and listed under the table.')
 _boot_cache = {}
 
 def _digest(d: pd.DataFrame) -> tuple:
@@ -158,8 +162,8 @@ def _digest(d: pd.DataFrame) -> tuple:
 
 def interval(a: pd.DataFrame, b: pd.DataFrame | None = None, **kw) -> dict:
     "`stats.bootstrap(a, b, n_boot=N_BOOT, **kw)`, cached on the records' content."
-    key = (_digest(a), None if b is None else _digest(b), tuple(sorted(kw.items())))
-    if key not in _boot_cache: _boot_cache[key] = bootstrap(a, b, n_boot=N_BOOT, **kw)
+    key = (_digest(a), None if b is None else _digest(b), INTERVAL_METHOD, tuple(sorted(kw.items())))
+    if key not in _boot_cache: _boot_cache[key] = bootstrap(a, b, n_boot=N_BOOT, method=INTERVAL_METHOD, **kw)
     return _boot_cache[key]
 
 def fmt(cell) -> str:
@@ -325,7 +329,16 @@ CLAIMS = {   # claim: the sides a and b of `a - b > 0`, and the paper's rows (ta
     '5-shot > 1-shot (SD-AANet)': dict(a=dict(FIVE_SEPARATE, method='sdaanet'), b=dict(ONE_SHOT, method='sdaanet'),
                                        same_episodes=False, paper=(('I', 'SD-AANet(ours)', 5), ('I', 'SD-AANet(ours)', 1))),
     '5-shot > 1-shot (baseline)': dict(a=dict(FIVE_SEPARATE, method='baseline'), b=dict(ONE_SHOT, method='baseline'),
-                                       same_episodes=False, paper=(('I', 'Baseline(ours)', 5), ('I', 'Baseline(ours)', 1)))}
+                                       same_episodes=False, paper=(('I', 'Baseline(ours)', 5), ('I', 'Baseline(ours)', 1))),
+    # SD-AANet in the released code's SDPM form (method 'released'): the paper's numbers come from that code
+    'released SD-AANet > baseline': dict(a=dict(ONE_SHOT, method='released'), b=dict(ONE_SHOT, method='baseline'),
+                                         paper=(('III', 'SD-AANet', 1), ('III', 'Baseline', 1))),
+    'released SD-AANet > baseline (5-shot)': dict(a=dict(FIVE_SEPARATE, method='released'), b=dict(FIVE_SEPARATE, method='baseline'),
+                                                  paper=(('I', 'SD-AANet(ours)', 5), ('I', 'Baseline(ours)', 5))),
+    'released form > paper form (SD-AANet 1-shot)': dict(a=dict(ONE_SHOT, method='released'), b=dict(ONE_SHOT, method='sdaanet'),
+                                                        paper=None),
+    'released form > paper form (SD-AANet 5-shot)': dict(a=dict(FIVE_SEPARATE, method='released'),
+                                                        b=dict(FIVE_SEPARATE, method='sdaanet'), paper=None)}
 VERDICT_READING = ('How to read a verdict: **reproduced** means the 95 % interval of the measured difference lies above 0 '
                    '(the claim holds on this study); **contradicted** means it lies below 0; **undetermined** means it '
                    'contains 0: the study cannot tell the two apart, and the smallest detectable difference says how '
@@ -373,7 +386,7 @@ def measured_columns(d: dict, verdict_of) -> dict:
 def claim_row(registry, records, paper, claim: str, spec: dict) -> dict:
     "One row of the claims table: the measured difference of `spec`'s sides over the folds both have, or why not."
     d = side_difference(registry, records, spec, claim)
-    pa, pb = (paper_mean(paper, *p) for p in spec['paper'])
+    pa, pb = (paper_mean(paper, *p) for p in spec['paper']) if spec['paper'] else (np.nan, np.nan)   # None: no such claim
     row = dict(claim=claim, folds=d['folds'], **NOT_MEASURED,
                **{"paper's difference": '-' if np.isnan(pa - pb) else f'{pa - pb:+.1f}', 'note': d['note']})
     return row | measured_columns(d, verdict)
@@ -381,6 +394,115 @@ def claim_row(registry, records, paper, claim: str, spec: dict) -> dict:
 def claims_table(registry, records, paper, claims: dict = CLAIMS) -> pd.DataFrame:
     "One row per claim of the paper the study can test (see `CLAIMS`), with its measured difference and verdict."
     return pd.DataFrame([claim_row(registry, records, paper, c, spec) for c, spec in claims.items()])
+
+# %% ../nbs/13_report.ipynb #7055e4c3
+def load_seeds(registry: pd.DataFrame, study_dir) -> pd.DataFrame:
+    "The `seeds.csv` rows of every done run, with its run_id, method, fold, train_shots and kshot_strategy."
+    frames = []
+    for row in registry.query("status == 'done'").to_dict('records'):
+        d = run_dir(row, study_dir)
+        if d is None or not (d / 'seeds.csv').exists(): continue
+        frames.append(pd.read_csv(d / 'seeds.csv').assign(
+            run_id=row['run_id'], method=row['method'], fold=int(row['fold']), train_shots=int(row['train_shots']),
+            kshot_strategy=row['kshot_strategy']))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+def _flag(s: pd.Series) -> pd.Series: return s.astype(str).str.strip().str.lower().isin(['true', '1'])
+
+def convergence_table(seeds: pd.DataFrame) -> pd.DataFrame:
+    """Per study cell (method, shots, strategy): models, early stops, cap hits, iterations, the kept model's
+    iteration, mean validation and test class mIoU (%) of the non-collapsed models, and collapsed models."""
+    if seeds.empty: return pd.DataFrame()
+    s = seeds.assign(**{c: _flag(seeds[c]) if c in seeds else False for c in ('stopped_early', 'hit_cap', 'collapsed')})
+    rows = []
+    for (m, k, ks), g in s.groupby(['method', 'train_shots', 'kshot_strategy'], sort=False):
+        ok = g[~g.collapsed]
+        rows.append({'cell': f"{METHOD_NAMES.get(m, m)}, {k}-shot" + (f' {ks}' if k > 1 else ''), 'models': len(g),
+                     'stopped early': int(g.stopped_early.sum()),
+                     'hit the cap': f"{int(g.hit_cap.sum())} ({100 * g.hit_cap.mean():.0f} %)",
+                     'iterations, median [range]': f"{g.iterations.median():.0f} [{g.iterations.min()}-{g.iterations.max()}]",
+                     'kept model at, median': f"{g.best_iteration.median():.0f}" if 'best_iteration' in g and g.best_iteration.notna().any() else '',
+                     'validation mIoU (base classes)': pct(ok.best_val.mean()) if len(ok) and ok.best_val.notna().any() else '',
+                     'test mIoU (novel classes)': pct(ok.test_miou.mean()) if len(ok) else '',
+                     'collapsed': int(g.collapsed.sum())})
+    return pd.DataFrame(rows)
+
+def cap_summary(seeds: pd.DataFrame) -> str:
+    "One sentence: how many models of the study reached their iteration cap, and in which cells."
+    if seeds.empty or 'hit_cap' not in seeds: return 'Cap hits: not recorded (no seeds.csv with `hit_cap`).'
+    hit = _flag(seeds.hit_cap)
+    cells = seeds[hit].groupby(['method', 'train_shots', 'kshot_strategy']).size()
+    where = '; '.join(f"{METHOD_NAMES.get(m, m)} {k}-shot{f' {ks}' if k > 1 else ''}: {n}" for (m, k, ks), n in cells.items())
+    return (f"**{int(hit.sum())} of {len(seeds)} models ({100 * hit.mean():.1f} %) reached their iteration cap**"
+            + (f" ({where})." if where else '; every other model stopped when its validation score stopped improving.'))
+
+# %% ../nbs/13_report.ipynb #910d97fb
+FINAL = 'final'      # the budget column of the converged models (their own evaluation records)
+
+def load_budget_records(registry: pd.DataFrame, study_dir) -> pd.DataFrame:
+    "The `budget_records.csv` rows of every done run, with `collapsed` per (run_id, train_seed) as `load_records`."
+    frames = [with_flags(r, d) for d, r in _done_csvs(registry, study_dir, 'budget_records.csv')]
+    if not frames: return pd.DataFrame(columns=RECORD_COLUMNS + ['budget', 'best_iteration'])
+    return pd.concat(frames, ignore_index=True).astype({'fold': int, 'train_shots': int, 'eval_shots': int,
+                                                        'train_seed': int, 'collapsed': bool, 'budget': int})
+
+def budget_table(registry, budget: pd.DataFrame, records: pd.DataFrame, claims: dict = CLAIMS) -> pd.DataFrame:
+    """One row per claim and budget (the budgets of `budget`, then `FINAL`): the difference a - b in points with
+    its interval and verdict, on the episodes the budget records hold (the first ones of each list)."""
+    if budget.empty: return pd.DataFrame(columns=['claim', 'budget', 'value', 'lo', 'hi', 'verdict', 'seeds', 'note'])
+    n = int(budget['episode'].max()) + 1
+    final = records[records['episode'] < n]
+    rows = []
+    for claim, spec in claims.items():
+        if MULTI in (spec['a'].get('multiscale'), spec['b'].get('multiscale')): continue
+        for b in [*sorted(budget['budget'].unique()), FINAL]:
+            d = side_difference(registry, final if b == FINAL else budget[budget['budget'] == b], spec, f'{claim} at {b}')
+            r = d['r'] or {}
+            rows.append(dict(claim=claim, budget=b, value=100 * r.get('value', np.nan), lo=100 * r.get('lo', np.nan),
+                             hi=100 * r.get('hi', np.nan), verdict=verdict(r['lo'], r['hi']) if r else 'not measured',
+                             seeds=d.get('seeds', ''), note=d['note']))
+    return pd.DataFrame(rows)
+
+VERDICT_COLOURS = {'reproduced': 'tab:green', 'contradicted': 'tab:red', 'undetermined': 'tab:gray'}
+
+def budget_figure(table: pd.DataFrame, paper: pd.DataFrame | None = None, claims: dict = CLAIMS):
+    """Small multiples, one per claim: the measured difference (points) and its 95 % interval at each budget,
+    coloured by verdict, with 0 and the paper's difference (dashed) for reference."""
+    import matplotlib.pyplot as plt
+    names = list(dict.fromkeys(table['claim']))
+    cols = 3; rows_ = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(4.2 * cols, 2.6 * rows_), squeeze=False, sharex=True)
+    for ax, claim in zip(axes.flat, names):
+        t = table[table['claim'] == claim].reset_index(drop=True)
+        x = np.arange(len(t))
+        for i, r in t.iterrows():
+            if np.isnan(r['value']): continue
+            c = VERDICT_COLOURS.get(r['verdict'], 'black')
+            ax.errorbar([i], [r['value']], yerr=[[r['value'] - r['lo']], [r['hi'] - r['value']]], fmt='o', color=c, capsize=3)
+        ax.axhline(0, color='black', lw=0.8)
+        spec = claims.get(claim, {})
+        if paper is not None and spec.get('paper'):
+            pa, pb = (paper_mean(paper, *p) for p in spec['paper'])
+            if not np.isnan(pa - pb): ax.axhline(pa - pb, color='tab:blue', ls='--', lw=1, label="paper's difference")
+        ax.set_xticks(x, [str(b) for b in t['budget']], fontsize=8)
+        ax.set_title(claim, fontsize=9); ax.tick_params(axis='y', labelsize=8)
+    for ax in axes.flat[len(names):]: ax.axis('off')
+    fig.supxlabel('training budget (iterations; final: each model at its validation plateau)', fontsize=9)
+    fig.supylabel('difference, points of class mIoU', fontsize=9)
+    handles = [plt.Line2D([], [], marker='o', ls='', color=c, label=v) for v, c in VERDICT_COLOURS.items()]
+    fig.legend(handles=handles + [plt.Line2D([], [], ls='--', color='tab:blue', label="paper's difference")],
+               loc='upper center', ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    return fig
+
+def budget_verdicts(table: pd.DataFrame) -> pd.DataFrame:
+    "Claims x budgets: the difference with its interval and the verdict's first letter (R, C, U), for a compact view."
+    if table.empty: return pd.DataFrame()
+    cell = lambda r: ('not measured' if np.isnan(r['value']) else
+                      f"{r['value']:+.1f} [{r['lo']:+.1f}, {r['hi']:+.1f}] {r['verdict'][0].upper()}")
+    t = table.assign(cell=table.apply(cell, axis=1), budget=table['budget'].astype(str))
+    return t.pivot(index='claim', columns='budget', values='cell').loc[list(dict.fromkeys(t['claim'])),
+                                                                       list(dict.fromkeys(t['budget']))]
 
 # %% ../nbs/13_report.ipynb #458aa4ef
 REFERENCE = dict(ONE_SHOT, method='sdaanet', kshot='separate')
@@ -390,6 +512,13 @@ DISCREPANCY_ROWS = {   # switch: released side `a`, paper side `b` (each a `meas
     'SDPM form (teacher, KD, query reweighting)': dict(
         released='prototypes averaged, softmax at T=5, KD x0.9T^2, cumulative reweighting',
         paper='mean of softmaxes, KL (Eq. 5), reweighted once', a=dict(REFERENCE, method='official-sdpm'), b=REFERENCE),
+    'SDPM teacher alone': dict(released='(p_q + p\'_s)/2 in prototype space, p_q before reweighting',
+                               paper='mean of the softmaxes of p\'_s and the reweighted p\'_q',
+                               a=dict(REFERENCE, method='sdpm-teacher'), b=REFERENCE),
+    'SDPM KD loss alone': dict(released='KLDiv at T=5, mean over B*C, x0.9T^2', paper='KL (Eq. 5), sum over channels',
+                               a=dict(REFERENCE, method='sdpm-kd'), b=REFERENCE),
+    'SDPM query reweighting alone': dict(released='cumulative over the shots, then by the mean', paper='once, by the mean',
+                                         a=dict(REFERENCE, method='sdpm-reweight'), b=REFERENCE),
     'learning rate': dict(released='10x the base rate', paper='base rate', a=dict(REFERENCE, method='lr10x'), b=REFERENCE),
     'backbone BatchNorm': dict(released='train mode while training', paper='frozen', a=dict(REFERENCE, method='bn-train'),
                                b=FROM_IMAGES),
@@ -632,7 +761,8 @@ def build_report(study_dir, html_dir='reports/_html', reports_dir=None, wall_tim
     if wall_time is not None: meta['seconds_before_report'] = round(wall_time, 1)
     index = html_dir / 'index.html'
     claims, check, discrepancies = study_claims(study_dir, reports_dir)
-    index.write_text(_index_html(meta, pages, runs, html_dir, claims_html(claims, check) + discrepancies_html(discrepancies)))
+    index.write_text(_index_html(meta, pages, runs, html_dir, claims_html(claims, check) + budget_html(study_dir, reports_dir)
+                                 + discrepancies_html(discrepancies)))
     return index
 
 # %% ../nbs/13_report.ipynb #a1c0f029
@@ -650,6 +780,28 @@ def claims_html(claims: pd.DataFrame, check: str = '') -> str:
     "The claims table as HTML, with how to read a verdict and how the intervals are made, and the prior-mask check."
     return (f"<h2>The paper's claims, tested</h2><p>{_md(VERDICT_READING)} {_md(INTERVALS)}</p>"
             f"{claims.to_html(index=False, border=0, classes='claims')}" + (f'<p>{_md(check)}</p>' if check else ''))
+
+def _png(fig) -> str:
+    "A matplotlib figure as an inline <img> (base64 PNG); the figure is closed."
+    import base64, io, matplotlib.pyplot as plt
+    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=110, bbox_inches='tight'); plt.close(fig)
+    return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+def budget_html(study_dir, reports_dir=None) -> str:
+    "Convergence (cap hits, iterations, validation vs test per cell) and the claims against the training budget."
+    meta, registry = read_study(study_dir)
+    seeds = load_seeds(registry, study_dir)
+    out = ('<h2>Did the models converge?</h2>'
+           f'<p>{_md(cap_summary(seeds))}</p>{convergence_table(seeds).to_html(index=False, border=0)}') if not seeds.empty else ''
+    budget = load_budget_records(registry, study_dir)
+    if budget.empty: return out
+    table = budget_table(registry, budget, load_records(registry, study_dir))
+    n = int(budget['episode'].max()) + 1
+    return out + ("<h2>Each claim against the training budget</h2><p>The difference of each claim (points of class "
+                  "mIoU, 95 % interval, colour: verdict) when every model is the one it would have kept had training "
+                  f"been capped at that many iterations (its best on validation so far), on the first {n} test "
+                  "episodes of each list; <i>final</i>: the converged models on the same episodes.</p>"
+                  f"{_png(budget_figure(table, read_paper(reports_dir)))}{budget_verdicts(table).to_html(border=0)}")
 
 def discrepancies_html(table: pd.DataFrame) -> str:
     "The paper-vs-released table as HTML ('' when the study folder has none of its runs)."

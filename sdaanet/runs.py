@@ -21,7 +21,7 @@ from .evaluate import EvalResult, SegMetrics, evaluate, aggregate_seeds, eval_se
 
 # %% auto #0
 __all__ = ['SECTIONS', 'EvalConfig', 'DataConfig', 'RunConfig', 'run_config', 'parse_overrides', 'data_spec', 'evaluate_episodes',
-           'eval_scales', 'eval_caches', 'run_eval', 'run_train']
+           'eval_scales', 'eval_caches', 'run_eval', 'run_train', 'BudgetScores']
 
 # %% ../nbs/09_runs.ipynb #00d0bed6
 @dataclass
@@ -262,9 +262,10 @@ def run_eval(cfg: RunConfig, out_dir, model: SDAANet | None = None, checkpoint=N
 
 # %% ../nbs/09_runs.ipynb #d1ea1ef6
 def run_train(cfg: RunConfig, out_dir, resume: bool | str = False, stop_after: int | None = None,
-              progress: bool = True) -> dict:
+              progress: bool = True, on_checkpoint=None) -> dict:
     """Train `cfg` into `out_dir` (see `sdaanet.train.train`, which locks the folder and writes `config.json`);
-    `resume`: False, True (an error when there is nothing to resume) or 'auto'. Returns the training summary."""
+    `resume`: False, True (an error when there is nothing to resume) or 'auto'; `on_checkpoint`: see `train`.
+    Returns the training summary."""
     out_dir = Path(out_dir)
     resume_point(out_dir, resume, cfg.to_dict())        # a refused resume fails before the data is read
     seed_everything(cfg.train.seed)                     # the head's initial weights are part of the seed's result
@@ -286,4 +287,56 @@ def run_train(cfg: RunConfig, out_dir, resume: bool | str = False, stop_after: i
     dataset = (CachedTrainEpisodes(cache, index, cfg.fold, cfg.shots) if cache is not None
                else TrainEpisodes(index, cfg.fold, cfg.shots, train_spec.transform()))
     return train(model, dataset, cfg.train, out_dir, resume=resume, stop_after=stop_after, validate=validate,
-                 run_config=cfg.to_dict(), progress=progress)
+                 run_config=cfg.to_dict(), progress=progress, on_checkpoint=on_checkpoint)
+
+# %% ../nbs/09_runs.ipynb #4637692f
+class BudgetScores:
+    """`train`'s `on_checkpoint`: at each of `budgets`, the records (one row per episode, `evaluate`'s columns plus
+    `eval_seed`, `budget` and `best_iteration`) of the model the run keeps so far (the best on validation,
+    `best.pth`; with `train.select='last'` the current one, `last.pth`) on the first `n` test episodes of every
+    evaluation seed, kept in `<out_dir>/budget_records.csv`."""
+    def __init__(self, cfg: RunConfig, out_dir, budgets, n: int = 100):
+        self.cfg, self.out_dir, self.budgets = cfg, Path(out_dir), sorted(budgets)
+        self.path = self.out_dir / 'budget_records.csv'
+        self.n = min(n, cfg.eval.episodes or TEST_EPISODES[cfg.dataset])
+        self._last = None                    # (best iteration, its records): the model changes only with a new best
+        self._test = None
+
+    def _data(self):
+        "Test index, feature cache and episode lists, loaded once."
+        if self._test is None:
+            index = load_index(data_spec(self.cfg, 'test'), progress=False)
+            cache = eval_caches(SDAANet(self.cfg.model), dataclasses.replace(self.cfg, eval=self.cfg.eval.replace(
+                multiscale='single')), index)[0]
+            lists = {s: make_episode_list(index, self.cfg.fold, self.n, self.cfg.shots, s)
+                     for s in eval_seeds(self.cfg.eval.seeds, self.cfg.eval.first_seed)}
+            self._test = index, cache, lists
+        return self._test
+
+    def __call__(self, iteration: int, best: dict | None) -> None:
+        last = self.cfg.train.select == 'last'
+        if iteration not in self.budgets or (best is None and not last): return
+        kept = iteration if last else best['iteration']
+        if self._last is None or self._last[0] != kept:
+            index, cache, lists = self._data()
+            model = inference_copy(load_checkpoint(self.out_dir / 'checkpoints' / ('last.pth' if last else 'best.pth'))[0])
+            cfg = dataclasses.replace(self.cfg, eval=self.cfg.eval.replace(multiscale='single'))
+            self._last = kept, pd.concat(
+                [evaluate_episodes(model, cfg, eps, index, cache=cache).records.assign(eval_seed=s) for s, eps in lists.items()])
+        rows = self._last[1].assign(budget=iteration, best_iteration=kept)
+        old = pd.read_csv(self.path) if self.path.exists() else None
+        table = pd.concat([old[old.budget != iteration], rows]) if old is not None else rows
+        tmp = self.path.with_name(f'.{self.path.name}.tmp-{os.getpid()}')
+        table.to_csv(tmp, index=False); os.replace(tmp, self.path)
+
+    def complete(self, final: pd.DataFrame, iterations: int, best_iteration: int) -> pd.DataFrame:
+        """Every budget's records: those scored during training, and for each budget past the run's last iteration
+        (`iterations`) the `final` records (the run's own evaluation: `eval_seed`, `episode`, ...) of its first `n`
+        episodes. A budget within the run that was never scored is an error (not a checkpoint iteration)."""
+        scored = pd.read_csv(self.path) if self.path.exists() else pd.DataFrame(columns=['budget'])
+        missing = [b for b in self.budgets if b <= iterations and b not in set(scored['budget'])]
+        if missing: raise ValueError(f"budgets {missing} were never scored in {self.out_dir}; expected checkpoint "
+                                     "iterations (multiples of train.checkpoint_every)")
+        tail = final[final['episode'] < self.n]
+        late = [tail.assign(budget=b, best_iteration=best_iteration) for b in self.budgets if b > iterations]
+        return pd.concat([scored[scored.budget.isin(self.budgets)], *late], ignore_index=True)

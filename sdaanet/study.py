@@ -23,13 +23,15 @@ from .report import build_report, environment
 
 # %% auto #0
 __all__ = ['METHODS', 'MATRICES', 'DISCREPANCIES', 'REGISTRY_COLUMNS', 'SCHEDULERS', 'LOST', 'study_matrix', 'discrepancy_matrix',
-           'overrides_for', 'run_parameters', 'study_run_config', 'params_hash', 'Registry', 'run_notebook_path',
-           'execute_run', 'collapsed_seeds', 'cluster_options', 'check_scheduler', 'local_cluster', 'jobqueue_cluster',
-           'study_client', 'run_threads', 'small_eval_size', 'run_study', 'eval_run_configs', 'prepare', 'study']
+           'check_train_seeds', 'overrides_for', 'run_parameters', 'study_run_config', 'params_hash', 'Registry',
+           'run_notebook_path', 'execute_run', 'collapsed_seeds', 'cluster_options', 'check_scheduler', 'local_cluster',
+           'jobqueue_cluster', 'study_client', 'run_threads', 'small_eval_size', 'run_study', 'eval_run_configs',
+           'prepare', 'study']
 
 # %% ../nbs/12_study.ipynb #c536fb61
 METHODS = {'baseline': dict(use_sdpm=False, use_saam=False), 'saam': dict(use_sdpm=False, use_saam=True),
-           'sdpm': dict(use_sdpm=True, use_saam=False), 'sdaanet': dict(use_sdpm=True, use_saam=True)}
+           'sdpm': dict(use_sdpm=True, use_saam=False), 'sdaanet': dict(use_sdpm=True, use_saam=True),
+           'released': dict(use_sdpm=True, use_saam=True, variant='official')}   # SD-AANet in the released code's form
 
 def study_matrix(folds=(0, 1, 2, 3), multiscale: str = 'paper', matrix: str = 'main', small_size: int = 321) -> list[dict]:
     """The runs of the study, one dict each: run_id, method, fold, shots, kshot_strategy, evals [(shots, multiscale)];
@@ -46,7 +48,8 @@ def study_matrix(folds=(0, 1, 2, 3), multiscale: str = 'paper', matrix: str = 'm
         for method in METHODS:
             evals = [[1, 'single']] + ([[1, multiscale]] if method == 'sdaanet' else [])
             runs.append(dict(method=method, fold=fold, shots=1, kshot_strategy='separate', evals=evals))
-        for method, strategy in (('baseline', 'separate'), ('sdaanet', 'separate'), ('sdaanet', 'integral')):
+        for method, strategy in (('baseline', 'separate'), ('sdaanet', 'separate'), ('sdaanet', 'integral'),
+                                 ('released', 'separate')):
             runs.append(dict(method=method, fold=fold, shots=5, kshot_strategy=strategy, evals=[[5, 'single']]))
     for r in runs: r['run_id'] = f"{r['method']}-{r['shots']}shot-{r['kshot_strategy']}-fold{r['fold']}"
     return runs
@@ -54,7 +57,10 @@ def study_matrix(folds=(0, 1, 2, 3), multiscale: str = 'paper', matrix: str = 'm
 # %% ../nbs/12_study.ipynb #20485df5
 MATRICES = ('main', 'discrepancies', 'all')
 DISCREPANCIES = {   # label: the overrides that switch one setting (see the table above)
-    'official-sdpm': ['model.variant=official'],
+    'official-sdpm': ['model.variant=official'],                       # all three parts of SDPM's form at once
+    'sdpm-teacher': ['model.sdpm_teacher=official'],                   # ... and each alone
+    'sdpm-kd': ['model.sdpm_kd=official'],
+    'sdpm-reweight': ['model.sdpm_reweight=official'],
     'lr10x': ['train.lr_scale=10'],
     'bn-train': ['model.backbone_bn=train', 'cache_features=false'],
     'eval-small': [],                                   # eval.size is the study's smaller scale (see below)
@@ -73,6 +79,13 @@ def discrepancy_matrix(refs: list[dict], small_size: int) -> list[dict]:
     return runs
 
 # %% ../nbs/12_study.ipynb #7856b8db
+def check_train_seeds(seeds) -> list[int]:
+    "The training seeds as a list of distinct integers >= 0; anything else is an error naming the value."
+    seeds = list(seeds)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds) or len(set(seeds)) < len(seeds):
+        raise ValueError(f"train_seeds={seeds!r} is not allowed; expected distinct integers >= 0, at least one")
+    return seeds
+
 def overrides_for(run_id: str, extra) -> list[str]:
     "The `extra` overrides that apply to `run_id`: plain `KEY=VALUE` ones, and `RUN_ID:KEY=VALUE` ones for this run."
     out = []
@@ -84,10 +97,12 @@ def overrides_for(run_id: str, extra) -> list[str]:
     return out
 
 def run_parameters(run: dict, preset: str, data_root: str | None, device: str, out_dir: Path,
-                   extra: list[str] = ()) -> dict:
+                   extra: list[str] = (), train_seeds=None) -> dict:
     """The papermill parameters of one run of the matrix: the preset, the run's id, method label and evaluations,
+    its training seeds (`train_seeds`, else the preset's), the budgets at which the best model so far is scored,
     where it runs and writes, and every setting as an override (`section.key=value`)."""
     study = preset_section(preset, 'study')
+    seeds = check_train_seeds(study['train_seeds'] if train_seeds is None else train_seeds)
     overrides = [f"fold={run['fold']}", f"shots={run['shots']}", 'model.variant=paper',
                  f"model.kshot_strategy={run['kshot_strategy']}",
                  *(f"model.{k}={str(v).lower()}" for k, v in METHODS[run.get('base', run['method'])].items()),
@@ -95,8 +110,8 @@ def run_parameters(run: dict, preset: str, data_root: str | None, device: str, o
                  *study['overrides'], *study['per_shots'].get(run['shots'], []), *run.get('switch', []),
                  *overrides_for(run['run_id'], extra)]
     return dict(preset=preset, run_id=run['run_id'], method=run['method'], evals=run['evals'],
-                train_seeds=list(study['train_seeds']), device=device, out_dir=str(out_dir), demo_data=False,
-                overrides=overrides)
+                train_seeds=seeds, budgets=list(study.get('budgets', ())), device=device, out_dir=str(out_dir),
+                demo_data=False, overrides=overrides)
 
 def study_run_config(params: dict) -> RunConfig:
     "The `RunConfig` of a run's papermill parameters (the run notebook calls this too): the preset, its overrides, the device."
@@ -173,11 +188,11 @@ def execute_run(params: dict, threads: int | None = None, gpu: int | None = None
 
 # %% ../nbs/12_study.ipynb #90bd24b8
 def _queue(runs: list[dict], reg: Registry, preset: str, data_root, device, study_dir: Path, extra, retry_failed: bool,
-           progress: bool) -> list[dict]:
+           progress: bool, train_seeds=None) -> list[dict]:
     "The papermill parameters of the runs to execute; the others are skipped (done, or failed without a retry)."
     todo = []
     for run in runs:
-        params = run_parameters(run, preset, data_root, device, study_dir / 'runs' / run['run_id'], extra)
+        params = run_parameters(run, preset, data_root, device, study_dir / 'runs' / run['run_id'], extra, train_seeds)
         h, row = params_hash(params), reg.get(run['run_id'])
         done = row and row['status'] == 'done' and row['params_hash'] == h and (Path(row['out_dir']) / 'metrics.csv').exists()
         failed = row and row['status'] == 'failed' and row['params_hash'] == h and not retry_failed
@@ -343,10 +358,11 @@ def run_study(study_dir, preset: str = 'embedded', data_root: str | None = None,
               device: str = 'auto', jobs: int = 1, gpus: list[int] | None = None, retry_failed: bool = False,
               only: list[str] | None = None, extra: list[str] = (), progress: bool = True,
               matrix: str = 'main', *, scheduler: str = 'local', cluster_config: str | None = None,
-              retries: int = 0) -> pd.DataFrame:
+              retries: int = 0, train_seeds=None) -> pd.DataFrame:
     """Run (or resume) the study `matrix` into `study_dir`; returns the registry. `only` restricts it to these
     run ids; `extra` are `--set` overrides (`KEY=VALUE` for every run, `RUN_ID:KEY=VALUE` for one; part of the
-    parameter hash). `scheduler`, `cluster_config`, `retries`: where the runs execute (see `study_client`)."""
+    parameter hash); `train_seeds`: every cell's training seeds (None: the preset's; part of the hash).
+    `scheduler`, `cluster_config`, `retries`: where the runs execute (see `study_client`)."""
     study = preset_section(preset, 'study'); check_positive('jobs', jobs, integer=True)
     check_scheduler(scheduler, gpus, cluster_config, retries)
     runs = study_matrix(folds, study['multiscale'], matrix, small_eval_size(preset))
@@ -357,7 +373,7 @@ def run_study(study_dir, preset: str = 'embedded', data_root: str | None = None,
         if unknown: raise ValueError(f"only={unknown} are not runs of this study; expected ids like {runs[0]['run_id']!r}")
         runs = [r for r in runs if r['run_id'] in only]
     reg = Registry(study_dir / 'registry.csv')
-    todo = _queue(runs, reg, preset, data_root, device, study_dir, extra, retry_failed, progress)
+    todo = _queue(runs, reg, preset, data_root, device, study_dir, extra, retry_failed, progress, train_seeds)
     threads = run_threads(preset, device, (len(gpus) if gpus else jobs) if scheduler == 'local' else None)
     if todo:
         prepare(todo, threads)
@@ -399,13 +415,13 @@ def prepare(todo: list[dict], threads: int | None = None) -> None:
 def study(study_dir, preset: str = 'embedded', data_root: str | None = None, folds=(0, 1, 2, 3), device: str = 'auto',
           jobs: int = 1, gpus=None, retry_failed: bool = False, html_dir='reports/_html', only=None, extra=(),
           progress: bool = True, matrix: str = 'main', *, scheduler: str = 'local', cluster_config: str | None = None,
-          retries: int = 0) -> Path:
+          retries: int = 0, train_seeds=None) -> Path:
     """Run the study `matrix` (skipping finished runs) on the Dask cluster `scheduler` names (see `run_study`), then
     build the HTML report of the whole folder; returns the index page."""
     t0 = time.perf_counter()
     study_dir = Path(study_dir)
     reg = run_study(study_dir, preset, data_root, folds, device, jobs, gpus, retry_failed, only, extra, progress, matrix,
-                    scheduler=scheduler, cluster_config=cluster_config, retries=retries)
+                    scheduler=scheduler, cluster_config=cluster_config, retries=retries, train_seeds=train_seeds)
     split = {'runs_wall': round(time.perf_counter() - t0, 1), **_run_seconds(reg)}
     _write_study_json(study_dir, preset, data_root, folds, reg, split)
     t1 = time.perf_counter()
@@ -436,6 +452,7 @@ def _write_study_json(study_dir: Path, preset: str, data_root, folds, reg: pd.Da
     meta = dict(preset=preset, dataset=cfg.dataset, data_root=str(cfg.data_root), folds=list(folds),
                 backbone=cfg.model.backbone, per_shots=preset_section(preset, 'study')['per_shots'],
                 runs=len(reg), done=int((reg['status'] == 'done').sum()), failed=int((reg['status'] == 'failed').sum()),
-                train_seeds=list(preset_section(preset, 'study')['train_seeds']), seconds=seconds,
+                train_seeds=params['train_seeds'] if params else list(preset_section(preset, 'study')['train_seeds']),
+                seconds=seconds,
                 class_names=names, fold_classes=folds_cls, generated=_now(), **environment())
     (study_dir / 'study.json').write_text(json.dumps(meta, indent=1))

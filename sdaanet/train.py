@@ -13,22 +13,24 @@ import torch
 from tqdm.auto import tqdm
 from .core import Settings, check_choice, check_positive, preset_section, seed_everything
 from .model import SDAANet, folded_backbone
+from .modules import seed_dropout
 from .engine import AMP_MODES, resolve_device, init_distributed, autocast_dtype, to_device, encode_batch, episode_forward
 from .checkpoints import CHECKPOINT_FORMAT, CheckpointError, _read, check_state_dict, save_checkpoint
 
 # %% auto #0
-__all__ = ['SELECTIONS', 'OPTIMIZERS', 'LOCK_FILE', 'RESUME_MODES', 'GROWABLE', 'TrainConfig', 'train_config', 'poly_lr',
-           'make_optimizer', 'EpochSampler', 'SeededEpisodes', 'NonFiniteLossError', 'RunLog', 'train_step',
+__all__ = ['SELECTIONS', 'OPTIMIZERS', 'SCHEDULES', 'LOCK_FILE', 'RESUME_MODES', 'GROWABLE', 'TrainConfig', 'train_config',
+           'poly_lr', 'make_optimizer', 'EpochSampler', 'SeededEpisodes', 'NonFiniteLossError', 'RunLog', 'train_step',
            'episode_batches', 'Validation', 'RunLockedError', 'run_lock', 'setting_changes', 'describe_changes',
            'resume_point', 'train']
 
 # %% ../nbs/07_train.ipynb #86e41f66
 SELECTIONS = ('last', 'val', 'best-test')
 OPTIMIZERS = ('sgd', 'adamw')
+SCHEDULES = ('poly', 'constant')
 
 @dataclass
 class TrainConfig(Settings):
-    "How a model is trained; see the presets above. `max_iters` shortens a run (the poly schedule follows it)."
+    "How a model is trained; see the presets above. `max_iters` caps a run (a `poly` schedule decays to 0 there)."
     _what = 'training setting'
     epochs: int = 200
     max_iters: int | None = None
@@ -38,6 +40,7 @@ class TrainConfig(Settings):
     momentum: float = 0.9
     weight_decay: float = 1e-4
     power: float = 0.9
+    schedule: str = 'poly'            # 'poly' (the paper's: decays to 0 at the last iteration) | 'constant' (after warm-up)
     optimizer: str = 'sgd'            # 'sgd' (the paper's) | 'adamw' (the embedded preset's)
     warmup_iters: int = 0             # linear learning-rate warm-up before the poly decay
     amp: str = 'auto'                 # 'auto': CUDA bf16 where supported, else fp16 with a grad scaler; CPU fp32. 'bf16' also on the CPU
@@ -63,7 +66,7 @@ class TrainConfig(Settings):
         if not isinstance(self.workers, int) or self.workers < 0:
             raise ValueError(f"workers={self.workers!r} is not allowed; expected an integer >= 0")
         check_choice('amp', self.amp, AMP_MODES); check_choice('select', self.select, SELECTIONS)
-        check_choice('optimizer', self.optimizer, OPTIMIZERS)
+        check_choice('optimizer', self.optimizer, OPTIMIZERS); check_choice('schedule', self.schedule, SCHEDULES)
         if self.patience is not None and self.select == 'last':
             raise ValueError(f"patience={self.patience} needs select='val' (or 'best-test'): early stopping watches the validation score")
         if not isinstance(self.val_fraction, (int, float)) or not 0 < self.val_fraction < 1:
@@ -79,9 +82,10 @@ def train_config(preset: str = 'embedded', **overrides) -> TrainConfig:
 
 # %% ../nbs/07_train.ipynb #ee657ef0
 def poly_lr(cfg: TrainConfig, iteration: int, total: int) -> float:
-    "The learning rate of `iteration` (0-based) of `total`."
+    "The learning rate of `iteration` (0-based) of `total` under `cfg.schedule`."
     warmup = min(1.0, (iteration + 1) / cfg.warmup_iters) if cfg.warmup_iters else 1.0
-    return cfg.base_lr * cfg.lr_scale * warmup * (1 - iteration / total) ** cfg.power
+    decay = 1.0 if cfg.schedule == 'constant' else (1 - iteration / total) ** cfg.power
+    return cfg.base_lr * cfg.lr_scale * warmup * decay
 
 def make_optimizer(model: SDAANet, cfg: TrainConfig) -> torch.optim.Optimizer:
     "SGD (or AdamW, `cfg.optimizer`) over the trainable (non-backbone) parameters."
@@ -337,12 +341,14 @@ def _write_json(path: Path, obj) -> None:
     tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, path)
 
 def train(model: SDAANet, dataset, cfg: TrainConfig, out_dir, resume: bool | str = False, stop_after: int | None = None,
-          validate=None, run_config: dict | None = None, progress: bool = True) -> dict:
+          validate=None, run_config: dict | None = None, progress: bool = True, on_checkpoint=None) -> dict:
     """Train `model` on the episode `dataset` into `out_dir` (locked meanwhile; `run_config` is written as
     `config.json`). `resume`: False, True or 'auto' (see `resume_point`; the settings are `run_config`, else `cfg`);
     `stop_after` ends this call after that many iterations (the schedule is unchanged); `validate(model) -> float`
-    scores the model at every checkpoint when `cfg.select` is 'val' or 'best-test'. Returns a summary dict whose
-    `checkpoint` is the run's newest `last.pth` (None when none was written)."""
+    scores the model at every checkpoint when `cfg.select` is 'val' or 'best-test'; `on_checkpoint(iteration, best)`
+    is called after each checkpoint (rank 0; `best`: the best validation score and its iteration, whose model is
+    `best.pth`), e.g. to score the best model so far at chosen budgets. Returns a summary dict whose `checkpoint` is
+    the run's newest `last.pth` (None when none was written)."""
     out_dir = Path(out_dir); ckpt_dir = out_dir / 'checkpoints'
     if stop_after is not None: check_positive('stop_after', stop_after, integer=True)
     settings = run_config or {'train': json.loads(json.dumps(asdict(cfg)))}
@@ -377,6 +383,7 @@ def train(model: SDAANet, dataset, cfg: TrainConfig, out_dir, resume: bool | str
                                 iteration=it, rng=_rng_state(), best=val.best, stale=val.stale, train_config=asdict(cfg),
                                 run_config=run_config, trained_on=trained_on)
             saved = it
+            if on_checkpoint is not None and rank == 0: on_checkpoint(it, val.best)
 
         encoder = folded_backbone(model) if model.cfg.backbone_bn == 'frozen' else None   # after any resume
         if encoder is not None and channels_last: encoder = encoder.to(memory_format=torch.channels_last)
@@ -388,6 +395,7 @@ def train(model: SDAANet, dataset, cfg: TrainConfig, out_dir, resume: bool | str
                 if it >= end or val.stop: break
                 trained_on['input_size'] = trained_on['input_size'] or int(batch['support_masks'].shape[-1])
                 lr = poly_lr(cfg, it, total)
+                seed_dropout(model, cfg.seed, it)
                 losses = train_step(net, model, encoder, to_device(batch, device, channels_last), optimizer, scaler, lr, dtype)
                 if not torch.isfinite(losses['total']):
                     terms = ', '.join(f"{k}={v.item():.4g}" for k, v in losses.items())

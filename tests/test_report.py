@@ -97,7 +97,7 @@ def test_report_html_shows_results_not_code(tmp_path):
         assert f'href="{name}"' in page and (tmp_path / 'html' / name).exists(), name
     assert 'hand-made' in page and '12.0' in page and 'no notebook' in page and '<td>seed 3</td>' in page
     assert page.index("The paper's claims") < page.index('href="tables.html"')
-    assert 'undetermined</td>' in page and 'reproduced</td>' in page and '2000 replicates' in page
+    assert 'undetermined</td>' in page and 'reproduced</td>' in page and 'Welch-Satterthwaite' in page
     tables = (tmp_path / 'html' / 'tables.html').read_text()
     assert 'Table III' in tables and 'Table V' in tables and '80.0 [80.0, 80.0]' in tables and 'boom' in tables
     assert 'collapsed, left out: sdaanet-1shot-separate-fold0 seed 3' in tables and 'undetermined' in tables

@@ -102,13 +102,14 @@ def test_background_only_run_is_marked_collapsed(data):
 
 
 def test_discrepancy_matrix_measures_every_switch(data):
-    "`--matrix discrepancies`: the reference and five switch runs per fold; every row of the report table measured."
+    "`--matrix discrepancies`: the reference and nine switch runs per fold; every row of the report table measured."
     from sdaanet.report import discrepancy_table, load_records, read_study, DISCREPANCY_ROWS
     d, root = data
     reg = run_study(d / 'disc', 'smoke', str(root), folds=(0,), device='cpu', jobs=2, matrix='discrepancies',
                     extra=[f'cache_dir={d / "cache"}'], progress=False)
     assert sorted(reg['run_id']) == sorted(['sdaanet-1shot-separate-fold0'] + [
-        f'{m}-1shot-fold0' for m in ('official-sdpm', 'lr10x', 'bn-train', 'eval-small', 'paper-protocol', 'from-images')])
+        f'{m}-1shot-fold0' for m in ('official-sdpm', 'sdpm-teacher', 'sdpm-kd', 'sdpm-reweight', 'lr10x', 'bn-train',
+                                     'eval-small', 'paper-protocol', 'from-images')])
     assert (reg['status'] == 'done').all(), reg[['run_id', 'error']]
     _, reg = read_study(d / 'disc')
     records = load_records(reg, d / 'disc')
@@ -129,3 +130,27 @@ def test_discrepancy_matrix_measures_every_switch(data):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     cfg = json.loads((d / 'disc' / 'runs' / 'bn-train-1shot-fold0' / 'seed0' / 'config.json').read_text())
     assert cfg['model']['backbone_bn'] == 'train' and cfg['cache_features'] is False
+
+
+def test_train_seeds_reach_the_run_parameters_and_metrics(data, monkeypatch):
+    "`sdaanet study --train-seeds` reaches `study()`; the seeds become each run's parameters, its hash and metrics.csv."
+    import sdaanet.study
+    from sdaanet.cli import main
+    seen = {}
+    monkeypatch.setattr(sdaanet.study, 'study', lambda *a, **kw: seen.update(kw) or 'index.html')
+    main(['study', '--preset', 'smoke', '--train-seeds', '7', '3', '--only', GOOD])
+    assert seen['train_seeds'] == [7, 3]
+    monkeypatch.undo()
+    d, root = data
+    run = 'baseline-1shot-separate-fold0'
+    reg = run_study(d / 'seeds', 'smoke', str(root), folds=(0,), device='cpu', only=[run], train_seeds=[7, 3],
+                    extra=[f'cache_dir={d / "cache"}'], progress=False)
+    assert (reg['status'] == 'done').all(), reg[['run_id', 'error']]
+    folder = d / 'seeds' / 'runs' / run
+    assert json.loads((folder / 'params.json').read_text())['train_seeds'] == [7, 3]
+    metrics = pd.read_csv(folder / 'metrics.csv').query("method == 'baseline'")
+    assert set(metrics['train_seed']) == {7, 3}
+    budget = pd.read_csv(folder / 'budget_records.csv')            # the smoke preset scores budgets 1 and 2
+    assert set(budget['train_seed']) == {7, 3} and set(budget['budget']) == {1, 2}
+    with pytest.raises(ValueError, match=r'train_seeds=\[1, 1\]'):
+        run_study(d / 'seeds', 'smoke', str(root), folds=(0,), device='cpu', only=[run], train_seeds=[1, 1])
