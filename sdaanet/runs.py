@@ -297,6 +297,7 @@ class BudgetScores:
     evaluation seed, kept in `<out_dir>/budget_records.csv`."""
     def __init__(self, cfg: RunConfig, out_dir, budgets, n: int = 100):
         self.cfg, self.out_dir, self.budgets = cfg, Path(out_dir), sorted(budgets)
+        self.eval_cfg = dataclasses.replace(cfg, eval=cfg.eval.replace(multiscale='single'))   # scored at one scale
         self.path = self.out_dir / 'budget_records.csv'
         self.n = min(n, cfg.eval.episodes or TEST_EPISODES[cfg.dataset])
         self._last = None                    # (best iteration, its records): the model changes only with a new best
@@ -306,8 +307,7 @@ class BudgetScores:
         "Test index, feature cache and episode lists, loaded once."
         if self._test is None:
             index = load_index(data_spec(self.cfg, 'test'), progress=False)
-            cache = eval_caches(SDAANet(self.cfg.model), dataclasses.replace(self.cfg, eval=self.cfg.eval.replace(
-                multiscale='single')), index)[0]
+            cache = eval_caches(SDAANet(self.cfg.model), self.eval_cfg, index)[0]
             lists = {s: make_episode_list(index, self.cfg.fold, self.n, self.cfg.shots, s)
                      for s in eval_seeds(self.cfg.eval.seeds, self.cfg.eval.first_seed)}
             self._test = index, cache, lists
@@ -320,9 +320,8 @@ class BudgetScores:
         if self._last is None or self._last[0] != kept:
             index, cache, lists = self._data()
             model = inference_copy(load_checkpoint(self.out_dir / 'checkpoints' / ('last.pth' if last else 'best.pth'))[0])
-            cfg = dataclasses.replace(self.cfg, eval=self.cfg.eval.replace(multiscale='single'))
             self._last = kept, pd.concat(
-                [evaluate_episodes(model, cfg, eps, index, cache=cache).records.assign(eval_seed=s) for s, eps in lists.items()])
+                [evaluate_episodes(model, self.eval_cfg, eps, index, cache=cache).records.assign(eval_seed=s) for s, eps in lists.items()])
         rows = self._last[1].assign(budget=iteration, best_iteration=kept)
         old = pd.read_csv(self.path) if self.path.exists() else None
         table = pd.concat([old[old.budget != iteration], rows]) if old is not None else rows
