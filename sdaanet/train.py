@@ -346,7 +346,8 @@ def train(model: SDAANet, dataset, cfg: TrainConfig, out_dir, resume: bool | str
     `config.json`). `resume`: False, True or 'auto' (see `resume_point`; the settings are `run_config`, else `cfg`);
     `stop_after` ends this call after that many iterations (the schedule is unchanged); `validate(model) -> float`
     scores the model at every checkpoint when `cfg.select` is 'val' or 'best-test'; `on_checkpoint(iteration, best)`
-    is called after each checkpoint (rank 0; `best`: the best validation score and its iteration, whose model is
+    is called at each checkpoint, before `last.pth` is written (rank 0; it must be safe to repeat, since a run killed
+    in between repeats that checkpoint on resume; `best`: the best validation score and its iteration, whose model is
     `best.pth`), e.g. to score the best model so far at chosen budgets. Returns a summary dict whose `checkpoint` is
     the run's newest `last.pth` (None when none was written)."""
     out_dir = Path(out_dir); ckpt_dir = out_dir / 'checkpoints'
@@ -378,12 +379,13 @@ def train(model: SDAANet, dataset, cfg: TrainConfig, out_dir, resume: bool | str
                 if val.update(score, it) and rank == 0:
                     save_checkpoint(ckpt_dir / 'best.pth', model, iteration=it, score=score, trained_on=trained_on,
                                     run_config=run_config)
+            # before last.pth: a run killed in between redoes this checkpoint on resume, so `on_checkpoint` is never skipped
+            if on_checkpoint is not None and rank == 0: on_checkpoint(it, val.best)
             if rank == 0:
                 save_checkpoint(ckpt_dir / 'last.pth', model, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
                                 iteration=it, rng=_rng_state(), best=val.best, stale=val.stale, train_config=asdict(cfg),
                                 run_config=run_config, trained_on=trained_on)
             saved = it
-            if on_checkpoint is not None and rank == 0: on_checkpoint(it, val.best)
 
         encoder = folded_backbone(model) if model.cfg.backbone_bn == 'frozen' else None   # after any resume
         if encoder is not None and channels_last: encoder = encoder.to(memory_format=torch.channels_last)

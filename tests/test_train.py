@@ -45,6 +45,20 @@ def test_resume_differs_without_saved_rng(tmp_path):
     assert any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
+def test_checkpoint_callback_is_repeated_after_a_kill_inside_it(tmp_path):
+    """A run killed while `on_checkpoint` runs (here: it raises at iteration 2) redoes that checkpoint on resume, so
+    every checkpoint iteration reaches the callback; called after `last.pth`, iteration 2 would be skipped."""
+    cfg = train_config('embedded', batch_size=2, workers=0, log_every=1, checkpoint_every=1, max_iters=3)
+    data, seen = RandomEpisodes(n=8, size=33), []
+
+    def killed_at_2(it, best):
+        if it == 2: raise KeyboardInterrupt('killed')
+        seen.append(it)
+    with pytest.raises(KeyboardInterrupt): train(_model(), data, cfg, tmp_path, on_checkpoint=killed_at_2, progress=False)
+    train(_model(), data, cfg, tmp_path, resume=True, on_checkpoint=lambda it, best: seen.append(it), progress=False)
+    assert seen == [1, 2, 3]
+
+
 class NaNAfter(RandomEpisodes):
     def __getitem__(self, i):
         ep = super().__getitem__(i)
