@@ -147,6 +147,9 @@ def _add_train_eval_parsers(sub) -> None:
             p.add_argument('--resume', nargs='?', const='yes', default=None, choices=('yes', 'auto'),
                            help="continue from the run folder's last checkpoint (an error when there is none); "
                                 "'--resume auto': continue if there is one, else start")
+            p.add_argument('--overwrite', action='store_true',
+                           help='replace the run the folder holds (its checkpoints, log and evaluation files); without '
+                                'it, a new run into a folder that holds one is refused')
             p.add_argument('--stop-after', type=positive_int, default=None, help='stop after this many iterations (resumable)')
         else:
             p.add_argument('--checkpoint', default=None, help='one of our checkpoints (default: the run folder\'s)')
@@ -158,7 +161,8 @@ def _train_eval_command(args) -> None:
     cfg = _run_cfg(args)
     if args.command == 'train':
         resume = {None: False, 'yes': True, 'auto': 'auto'}[args.resume]
-        print(json.dumps(run_train(cfg, args.out, resume=resume, stop_after=args.stop_after), indent=1))
+        print(json.dumps(run_train(cfg, args.out, resume=resume, stop_after=args.stop_after, overwrite=args.overwrite),
+                         indent=1))
     else:
         summary = run_eval(cfg, args.out, checkpoint=args.checkpoint, released=args.released)
         print(json.dumps({k: v for k, v in summary.items() if k != 'per_seed'}, indent=1))
@@ -177,10 +181,15 @@ def _add_predict_parser(sub) -> None:
     p.add_argument('--support', nargs='+', required=True, help='support image file(s)')
     p.add_argument('--support-mask', nargs='+', required=True,
                    help='one mask file per support image: 0/1 or 0/255 (non-zero = object; 255 beside one object value '
-                        '= ignore); a label map with several values needs --class-id')
+                        '= ignore; soft 0/255 edges thresholded at 128; a palette PNG without the VOC palette read by '
+                        'colour); a label map with several values needs --class-id')
     p.add_argument('--class-id', type=non_negative_int, default=None, help="the object's value in label-map masks")
+    p.add_argument('--mask-threshold', type=positive_int, default=None, metavar='T',
+                   help='read each support mask as grey levels: object where >= T (1..255), e.g. 128 for a blurred or '
+                        'anti-aliased mask (default: the rule that fits the mask; the output names the rule applied)')
     p.add_argument('--query', nargs='+', required=True, help='query image file(s)')
-    p.add_argument('--out', required=True, help='folder for <query>_mask.png and <query>_overlay.png')
+    p.add_argument('--out', required=True, help='folder for <query>_mask.png and <query>_overlay.png (refused when one '
+                                                'of them would replace an input file)')
     p.add_argument('--size', type=positive_int, default=None,
                    help="square network input size (default: the checkpoint's training size; 473 for released ones)")
     p.add_argument('--threshold', type=share, default=0.5, help='with --prior-only: the prior value that counts as object')
@@ -199,7 +208,7 @@ def _predict_command(args) -> None:
         model = load_official_checkpoint(args.released, dataset=args.dataset) if args.released else load_checkpoint(args.checkpoint)[0]
         model = inference_copy(model.to(device))
     rows = predict_files(model, args.support, args.support_mask, args.query, args.out, args.size, args.batch_size,
-                         args.class_id, args.prior_only, args.threshold)
+                         args.class_id, args.prior_only, args.threshold, args.mask_threshold)
     print(json.dumps(rows, indent=1))
 
 # %% ../nbs/11_cli.ipynb #2aaa6886

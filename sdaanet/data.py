@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 from tqdm.auto import tqdm
 from .core import check_choice, check_positive, IGNORE
 from .transforms import JointTransform, fit_longer_side
@@ -19,11 +19,11 @@ from .transforms import JointTransform, fit_longer_side
 # %% auto #0
 __all__ = ['PASCAL_CLASSES', 'COCO_CLASSES', 'DATASETS', 'SPLITS', 'COCO_SPLITS', 'N_FOLDS', 'CACHE_FORMAT', 'VOC_LAYOUT',
            'COCO_LAYOUT', 'EMBEDDED_DEFAULTS', 'TEST_EPISODES', 'TEST_SEED', 'EPISODE_FORMAT', 'DataError',
-           'UnreadableFile', 'fold_classes', 'read_image', 'read_label', 'check_same_size', 'parallel_map',
-           'default_cache_dir', 'ClassIndex', 'split_validation', 'index_table', 'read_list_file', 'pascal_items',
-           'load_coco_json', 'coco_label', 'coco_items', 'DataSpec', 'embedded_class_names', 'load_index',
-           'write_synthetic_voc', 'make_episode_list', 'save_episode_list', 'load_episode_list', 'load_pair',
-           'TrainEpisodes', 'EvalEpisodes', 'make_dataset', 'make_loader', 'bench_index']
+           'UnreadableFile', 'fold_classes', 'image_file', 'read_image', 'read_label', 'check_same_size',
+           'parallel_map', 'default_cache_dir', 'ClassIndex', 'split_validation', 'index_table', 'read_list_file',
+           'pascal_items', 'load_coco_json', 'coco_label', 'coco_items', 'DataSpec', 'embedded_class_names',
+           'load_index', 'write_synthetic_voc', 'make_episode_list', 'save_episode_list', 'load_episode_list',
+           'load_pair', 'TrainEpisodes', 'EvalEpisodes', 'make_dataset', 'make_loader', 'bench_index']
 
 # %% ../nbs/01_data.ipynb #5d98c7fa
 class DataError(ValueError):
@@ -66,12 +66,38 @@ def fold_classes(n_classes: int, coco_split: str = 'contiguous') -> tuple[tuple[
 
 # %% ../nbs/01_data.ipynb #490b13ec
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+_ORIENTATION = 0x0112            # the EXIF orientation tag: 1 as stored, 2..8 mirrored and/or turned (5..8 by 90 degrees)
 
-def read_image(path) -> np.ndarray:
-    "An RGB `uint8` array `(H, W, 3)`; `UnreadableFile` naming `path` when it cannot be decoded."
+def _orientation(im: Image.Image) -> int:
+    "The EXIF orientation of an open image (1 when it has none or an invalid one)."
+    o = im.getexif().get(_ORIENTATION, 1)
+    return o if isinstance(o, int) and 1 <= o <= 8 else 1
+
+def image_file(path, what: str = 'image', mode: str | None = None) -> tuple[np.ndarray, str, list | None]:
+    """The pixels of an image file as viewers show it (its EXIF orientation applied), converted to `mode` unless
+    16- or 32-bit; its format; and the palette (flat RGB list) of a palette image read without `mode`.
+    `FileNotFoundError` or `UnreadableFile` naming `path` (as `what`) when it is missing or cannot be decoded."""
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        with Image.open(path) as im: return np.array(im.convert('RGB'))
-    except _PIL_ERRORS as e: raise UnreadableFile(f"cannot read image {path}: {e}") from e
+        with Image.open(path) as im:
+            fmt = im.format
+            im.load()
+            shown = ImageOps.exif_transpose(im) if _orientation(im) != 1 else im
+            keep = mode is None or shown.mode.startswith('I') or shown.mode == 'F'
+            palette = shown.getpalette() if keep and shown.mode == 'P' else None
+            return np.array(shown if keep else shown.convert(mode)), fmt, palette
+    except _PIL_ERRORS as e: raise UnreadableFile(f"cannot read {what} {path}: {e}") from e
+
+def read_image(path, what: str = 'image') -> np.ndarray:
+    """An image file as `uint8` RGB `(H, W, 3)`, as viewers show it (EXIF orientation applied): 16-bit grey is
+    scaled to 8 bits (not clipped), alpha dropped, palette and grey expanded. Errors name `path`."""
+    a, _, _ = image_file(path, what, 'RGB')
+    if a.ndim == 2:                                                  # 16- or 32-bit grey
+        if a.dtype.kind == 'f' or a.min() < 0 or a.max() > 65535:
+            raise DataError(f"{what} {path} holds {a.dtype} values {a.min():g}..{a.max():g}; expected 8- or 16-bit pixels")
+        a = np.repeat(np.round(a / 257).astype(np.uint8)[..., None], 3, axis=2)
+    return a
 
 def _open_label(path, n_classes: int, array: bool = True) -> tuple[np.ndarray | None, np.ndarray, tuple[int, int]]:
     "(the label array if `array`, the pixel count of each class id 0..n_classes, (h, w)), values checked."
@@ -116,10 +142,10 @@ def _image_size(path) -> tuple[int, int]:
             if im.format == 'JPEG':
                 with open(path, 'rb') as f:
                     f.seek(-2, os.SEEK_END)
-                    if f.read(2) == b'\xff\xd9': return h, w
-                im.draft('RGB', (max(1, w // 8), max(1, h // 8)))
-            im.load()
-            return h, w
+                    complete = f.read(2) == b'\xff\xd9'
+                if not complete: im.draft('RGB', (max(1, w // 8), max(1, h // 8))); im.load()
+            else: im.load()
+            return (w, h) if _orientation(im) >= 5 else (h, w)       # as shown: 5..8 turn it by 90 degrees
     except _PIL_ERRORS as e: raise UnreadableFile(f"cannot read image {path}: {e}") from e
 
 def _scan(item: tuple) -> tuple:

@@ -4,14 +4,14 @@
 
 # %% ../nbs/09a_predict.ipynb #eaadfcbf
 from __future__ import annotations
-import warnings
+import os, warnings
 from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
 from .core import IGNORE, check_positive, model_config
 from .backbones import imagenet_normalize
-from .data import DataError, UnreadableFile
+from .data import DataError, UnreadableFile, image_file, read_image
 from .modules import resize
 from .model import SDAANet
 from .engine import NonFiniteError, check_mask_values
@@ -19,8 +19,8 @@ from .checkpoints import RELEASED_INPUT_SIZE
 from .analysis import PriorMaskModel
 
 # %% auto #0
-__all__ = ['read_rgb', 'read_support_mask', 'input_size', 'predict_images', 'write_prediction', 'output_stems', 'prior_model',
-           'predict_files', 'example_photos']
+__all__ = ['read_rgb', 'VOC_PALETTE', 'support_mask_rule', 'read_support_mask', 'input_size', 'predict_images',
+           'write_prediction', 'output_stems', 'prior_model', 'check_outputs', 'predict_files', 'example_photos']
 
 # %% ../nbs/09a_predict.ipynb #0f99a05a
 def _image_tensor(img: np.ndarray, size: int) -> torch.Tensor:
@@ -29,53 +29,99 @@ def _image_tensor(img: np.ndarray, size: int) -> torch.Tensor:
     return imagenet_normalize(torch.nn.functional.interpolate(x, size=(size, size), mode='bilinear',
                                                               align_corners=False, antialias=True)[0])
 
-_PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-def _open(path, what: str, mode: str | None = None) -> tuple[np.ndarray, str]:
-    "The pixels of an image file (converted to `mode` unless 16/32-bit) and its format; errors name `path`."
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"{what} not found: {path}")
-    try:
-        with Image.open(path) as im:
-            keep = mode is None or im.mode.startswith('I') or im.mode == 'F'
-            return np.array(im if keep else im.convert(mode)), im.format
-    except _PIL_ERRORS as e: raise UnreadableFile(f"cannot read {what} {path}: {e}") from e
-
-def read_rgb(path) -> np.ndarray:
-    "An image file as uint8 RGB (H, W, 3); see above."
-    a, _ = _open(path, 'image', 'RGB')
-    if a.ndim == 2:                                                  # 16- or 32-bit grey
-        if a.dtype.kind == 'f' or a.min() < 0 or a.max() > 65535:
-            raise DataError(f"image {path} holds {a.dtype} values {a.min():g}..{a.max():g}; expected 8- or 16-bit pixels")
-        a = np.repeat(np.round(a / 257).astype(np.uint8)[..., None], 3, axis=2)
-    return a
+read_rgb = read_image          # an image file as uint8 RGB (H, W, 3), as shown (EXIF orientation applied); see above
 
 def _values(a: np.ndarray, most: int = 12) -> str:
     v = np.unique(a).tolist()
     return f"{v[:most]}" + (f" and {len(v) - most} more" if len(v) > most else '')
 
-def read_support_mask(path, shape, class_id: int | None = None) -> np.ndarray:
-    "A support mask file as 0 / 1 / 255 (see above), checked against its image's `shape` (H, W)."
+def _voc_palette() -> np.ndarray:
+    "The VOC colour map, (256, 3): the palette of VOC's label PNGs (index = class, 255 = ignore)."
+    pal = np.zeros((256, 3), np.int64)
+    for i in range(256):
+        c = i
+        for j in range(8):
+            for k in range(3): pal[i, k] |= ((c >> k) & 1) << (7 - j)
+            c >>= 3
+    return pal
+
+VOC_PALETTE = _voc_palette()
+
+def _palette_means_indices(palette: list, m: np.ndarray) -> bool:
+    "True when the used entries of `palette` are VOC's colours or a grey ramp (index i drawn as grey i)."
+    pal = np.zeros((256, 3), np.int64); flat = np.asarray(palette[:768], np.int64).reshape(-1, 3); pal[:len(flat)] = flat
+    used = np.unique(m)
+    return bool((pal[used] == VOC_PALETTE[used]).all() or (pal[used] == used[:, None]).all())
+
+def _grey(palette: list, m: np.ndarray) -> np.ndarray:
+    "The grey level (Pillow's L conversion) of each pixel's palette colour."
+    pal = np.zeros((256, 3), np.int64); flat = np.asarray(palette[:768], np.int64).reshape(-1, 3); pal[:len(flat)] = flat
+    lut = (pal[:, 0] * 19595 + pal[:, 1] * 38470 + pal[:, 2] * 7471 + 0x8000) >> 16
+    return lut[m].astype(np.uint8)
+
+def _soft_edges(m: np.ndarray) -> bool:
+    """A 0/255 mask with anti-aliased edges: more 255 than in-between pixels, and nine in ten in-between pixels within
+    2 pixels of a 255 one (in a VOC label of one class it is the other way round: 255 is the thin border)."""
+    mid, full = (m > 0) & (m < IGNORE), m == IGNORE
+    if not mid.any() or full.sum() <= mid.sum(): return False
+    from scipy.ndimage import binary_dilation
+    return float(binary_dilation(full, iterations=2)[mid].mean()) >= 0.9
+
+def _check_threshold(t) -> None:
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 1 <= t <= 255):
+        raise ValueError(f"mask_threshold={t!r} is not allowed; expected an integer in 1..255, the grey level from "
+                         "which a mask pixel is the object")
+
+def support_mask_rule(path, shape, class_id: int | None = None, mask_threshold: int | None = None) -> tuple[np.ndarray, str]:
+    """A support mask file as 0 / 1 / 255 (see above), checked against its image's `shape` (H, W), and the rule it
+    was read by, in words. `class_id`: the object's value in a label map; `mask_threshold`: object where the grey
+    level is at least this (1..255)."""
     if class_id is not None and (isinstance(class_id, bool) or not isinstance(class_id, int) or not 0 < class_id < IGNORE):
         raise ValueError(f"class_id={class_id!r} is not allowed; expected the object's label value, an integer in 1..254")
-    m, fmt = _open(path, 'support mask')
+    _check_threshold(mask_threshold)
+    if class_id is not None and mask_threshold is not None:
+        raise ValueError(f"class_id={class_id} and mask_threshold={mask_threshold} exclude each other: class_id picks a "
+                         "label value, mask_threshold thresholds a grey mask; expected one of them")
+    m, fmt, palette = image_file(path, 'support mask')
     if fmt == 'JPEG' and m.ndim == 3: m = m.mean(2)                 # a colour JPEG of a grey mask
     if m.ndim != 2: raise ValueError(f"support mask {path} has shape {m.shape}; expected a single-channel image")
     if m.shape != tuple(shape): raise ValueError(f"support mask {path} is {m.shape[1]}x{m.shape[0]}, its image {shape[1]}x{shape[0]}")
+    if m.dtype == bool: m = m.astype(np.uint8)
+    how = ''
+    if palette is not None and class_id is None and not _palette_means_indices(palette, m):
+        m, how = _grey(palette, m), 'palette colours (not the VOC palette) read as grey levels; '
+    elif m.dtype.kind in 'iu' and m.size and m.min() >= 0 and IGNORE < m.max() <= 65535:
+        m, how = np.round(m / 257).astype(np.uint8), '16-bit values scaled to 8 bits; '
+    ignore = np.zeros(m.shape, bool)
     if fmt == 'JPEG':
         if class_id is not None: raise ValueError(f"support mask {path} is a JPEG, whose lossy values cannot hold class ids; expected a PNG")
-        warnings.warn(f"support mask {path} is a JPEG (lossy): thresholded at 128; save masks as PNG")
-        obj = m >= 128
+        t = mask_threshold or 128
+        if mask_threshold is None: warnings.warn(f"support mask {path} is a JPEG (lossy): thresholded at 128; save masks as PNG")
+        obj, rule = m >= t, f"JPEG (lossy): object where >= {t}"
+    elif mask_threshold is not None:
+        obj, rule = m >= mask_threshold, f"object where >= {mask_threshold} (mask_threshold)"
     else:
         objects = [v for v in np.unique(m).tolist() if v not in (0, IGNORE)]
-        if class_id is None and len(objects) > 1:
-            raise ValueError(f"support mask {path} is a label map with the values {_values(m)}; pass class_id= (the "
-                             "object's value) to say which is the object")
-        obj = m == (class_id or (objects[0] if objects else IGNORE))     # a 0/255 mask: 255 is the object
+        if class_id is None and objects and (m == IGNORE).any() and _soft_edges(m):
+            obj, rule = m >= 128, f"0/255 with soft edges ({len(objects)} grey levels between): object where >= 128"
+        else:
+            if class_id is None and len(objects) > 1:
+                raise ValueError(f"support mask {path} is a label map with the values {_values(m)}"
+                                 + (' (grey levels of its palette colours)' if how.startswith('palette') else '')
+                                 + "; pass class_id= (the object's value) to say which is the object, or "
+                                 "mask_threshold= to threshold a grey mask")
+            value = class_id or (objects[0] if objects else IGNORE)     # a 0/255 mask: 255 is the object
+            obj, ignore = m == value, (m == IGNORE) if value != IGNORE else ignore
+            rule = f"object = value {value}" + (f", {IGNORE} = ignore" if ignore.any() else '')
     if not obj.any():
         raise ValueError(f"support mask {path} marks no object pixel" + (f" of class_id={class_id}" if class_id else '')
                          + f"; it holds the values {_values(m)}")
-    return np.where(obj, 1, np.where(m == IGNORE, IGNORE, 0)).astype(np.uint8)
+    return np.where(obj, 1, np.where(ignore, IGNORE, 0)).astype(np.uint8), how + rule
+
+def read_support_mask(path, shape, class_id: int | None = None, mask_threshold: int | None = None) -> np.ndarray:
+    "A support mask file as 0 / 1 / 255 (see above), checked against its image's `shape` (H, W)."
+    return support_mask_rule(path, shape, class_id, mask_threshold)[0]
+
 
 # %% ../nbs/09a_predict.ipynb #d3b0e003
 def input_size(model: SDAANet, default: int | None = None) -> int:
@@ -160,12 +206,36 @@ def prior_model(device='cpu') -> SDAANet:
     "The embedded preset's model with its ImageNet encoder (no download; the head stays untrained), for `prior_only`."
     return SDAANet(model_config('embedded', backbone_weights='imagenet')).to(device).eval()
 
+def _file_keys(path) -> set:
+    "What identifies the file `path`: its real path and, when it exists, its device and inode (hard links, case)."
+    keys = {os.path.realpath(path)}
+    try: st = os.stat(path); keys.add((st.st_dev, st.st_ino))
+    except OSError: pass
+    return keys
+
+def check_outputs(out_dir, stems: list[str], inputs: dict[str, list]) -> None:
+    """`ValueError` naming both files when an output (`<out_dir>/<stem>_mask.png` or `_overlay.png`) would be one of
+    the `inputs` ({what: paths}); outputs never replace inputs."""
+    given = {}
+    for what, paths in inputs.items():
+        for p in paths:
+            for k in _file_keys(p): given.setdefault(k, (what, p))
+    for stem in stems:
+        for suffix in ('_mask.png', '_overlay.png'):
+            out = Path(out_dir) / f'{stem}{suffix}'
+            hit = next((given[k] for k in _file_keys(out) if k in given), None)
+            if hit:
+                raise ValueError(f"the output {out} would replace the {hit[0]} {hit[1]}; expected an --out folder "
+                                 "(out_dir) where no output has an input's name: outputs never replace inputs")
+
 def predict_files(model: SDAANet | None, support_paths: list, mask_paths: list, query_paths: list, out_dir,
                   size: int | None = None, batch_size: int = 4, class_id: int | None = None, prior_only: bool = False,
-                  prior_threshold: float = 0.5) -> list[dict]:
+                  prior_threshold: float = 0.5, mask_threshold: int | None = None) -> list[dict]:
     """Segment the query image files with the support image/mask files (`class_id`: the object's value in label-map
-    masks); writes mask and overlay PNGs into `out_dir`. `size=None`: the model's training size; `prior_only`: see
-    above (`model=None`: `prior_model()`). Returns one row per query."""
+    masks; `mask_threshold`: object where a mask's grey level is at least this); writes mask and overlay PNGs into
+    `out_dir`, never over an input file (see `check_outputs`). `size=None`: the model's training size;
+    `prior_only`: see above (`model=None`: `prior_model()`). Returns one row per query, with the rule each support
+    mask was read by (`support_masks`)."""
     if model is None:
         if not prior_only: raise ValueError("model=None needs prior_only=True (the training-free prior mask); pass a model")
         model = prior_model()
@@ -174,15 +244,19 @@ def predict_files(model: SDAANet | None, support_paths: list, mask_paths: list, 
                          "per support image, at least one")
     if not query_paths: raise ValueError("no query image given; expected at least one")
     size = input_size(model, RELEASED_INPUT_SIZE if prior_only else None) if size is None else size
+    stems = output_stems(query_paths)
+    check_outputs(out_dir, stems, {'support image': support_paths, 'support mask': mask_paths, 'query image': query_paths})
     supports = [read_rgb(p) for p in support_paths]
-    masks = [read_support_mask(mp, s.shape[:2], class_id) for mp, s in zip(mask_paths, supports)]
+    masks, rules = zip(*[support_mask_rule(mp, s.shape[:2], class_id, mask_threshold) for mp, s in zip(mask_paths, supports)])
+    rules = [f"{mp}: {r}" for mp, r in zip(mask_paths, rules)]
     queries = [read_rgb(p) for p in query_paths]
-    probs = predict_images(model, queries, supports, masks, size, batch_size, prior_only, prior_threshold,
+    probs = predict_images(model, queries, supports, list(masks), size, batch_size, prior_only, prior_threshold,
                            names=[str(p) for p in query_paths])
     rows = []
-    for path, stem, img, prob in zip(query_paths, output_stems(query_paths), queries, probs):
+    for path, stem, img, prob in zip(query_paths, stems, queries, probs):
         mp, op = write_prediction(Path(out_dir) / stem, img, prob)
-        rows.append(dict(query=str(path), mask=str(mp), overlay=str(op), size=size, foreground=float((prob > 0.5).mean())))
+        rows.append(dict(query=str(path), mask=str(mp), overlay=str(op), size=size, foreground=float((prob > 0.5).mean()),
+                         support_masks=rules))
     return rows
 
 # %% ../nbs/09a_predict.ipynb #eb3d3738

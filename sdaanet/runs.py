@@ -5,6 +5,7 @@
 # %% ../nbs/09_runs.ipynb #78d08bbd
 from __future__ import annotations
 import dataclasses, json, os, time
+from contextlib import nullcontext
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import pandas as pd
@@ -15,7 +16,7 @@ from .data import DataSpec, DATASETS, EvalEpisodes, TrainEpisodes, split_validat
 from .model import SDAANet, inference_copy
 from .features import feature_cache, CachedTrainEpisodes, CachedEvalEpisodes
 from .checkpoints import load_checkpoint, load_official_checkpoint
-from .train import TrainConfig, train_config, train, resume_point
+from .train import TrainConfig, train_config, train, resume_point, run_lock
 from .engine import resolve_device, init_distributed, AMP_MODES
 from .evaluate import EvalResult, SegMetrics, evaluate, aggregate_seeds, eval_seeds, SCORINGS, MULTISCALE, PAPER_SCALES
 
@@ -221,10 +222,22 @@ def _check_fold(model, cfg: RunConfig) -> int | None:
 def run_eval(cfg: RunConfig, out_dir, model: SDAANet | None = None, checkpoint=None, released=None,
              device: str | None = None, progress: bool = True) -> dict:
     """Evaluate a model (given, our `checkpoint`, a `released` checkpoint, or else the run's own selected
-    checkpoint) over `cfg.eval.seeds` episode lists; writes the metric files into `out_dir`; returns the summary."""
+    checkpoint) over `cfg.eval.seeds` episode lists; writes the metric files into `out_dir`, holding its lock
+    (`run_lock`: one writer per folder), each file written whole under a name of its own and then renamed; returns
+    the summary."""
     out_dir = Path(out_dir)
     dev = resolve_device(device or cfg.train.device)
     rank, world = init_distributed(dev)
+    with run_lock(out_dir) if rank == 0 else nullcontext():
+        return _run_eval(cfg, out_dir, model, checkpoint, released, dev, rank, progress)
+
+def _write_whole(path: Path, write) -> None:
+    "`write(tmp)` then rename it to `path`: readers see the old file or the new one, never a part."
+    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+    try: write(tmp); os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
+
+def _run_eval(cfg: RunConfig, out_dir: Path, model, checkpoint, released, dev, rank: int, progress: bool) -> dict:
     if model is None:
         if released is not None:
             dataset = cfg.dataset if cfg.dataset in ('pascal', 'coco') else None     # decides the decoder bins
@@ -254,20 +267,22 @@ def run_eval(cfg: RunConfig, out_dir, model: SDAANet | None = None, checkpoint=N
            'per_seed': {str(s): r.summary() for s, r in results.items()}}
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        rows.to_csv(out_dir / 'metrics.csv', index=False)
-        summary.to_csv(out_dir / 'metrics_summary.csv', index=False)
-        pd.concat([r.records.assign(seed=s) for s, r in results.items()]).to_csv(out_dir / 'records.csv', index=False)
-        (out_dir / 'eval_summary.json').write_text(json.dumps(out, indent=1))
+        records = pd.concat([r.records.assign(seed=s) for s, r in results.items()])
+        _write_whole(out_dir / 'metrics.csv', lambda p: rows.to_csv(p, index=False))
+        _write_whole(out_dir / 'metrics_summary.csv', lambda p: summary.to_csv(p, index=False))
+        _write_whole(out_dir / 'records.csv', lambda p: records.to_csv(p, index=False))
+        _write_whole(out_dir / 'eval_summary.json', lambda p: p.write_text(json.dumps(out, indent=1)))
     return out
 
 # %% ../nbs/09_runs.ipynb #d1ea1ef6
 def run_train(cfg: RunConfig, out_dir, resume: bool | str = False, stop_after: int | None = None,
-              progress: bool = True, on_checkpoint=None) -> dict:
+              progress: bool = True, on_checkpoint=None, overwrite: bool = False) -> dict:
     """Train `cfg` into `out_dir` (see `sdaanet.train.train`, which locks the folder and writes `config.json`);
-    `resume`: False, True (an error when there is nothing to resume) or 'auto'; `on_checkpoint`: see `train`.
-    Returns the training summary."""
+    `resume`: False, True (an error when there is nothing to resume) or 'auto'; `overwrite`: replace a run the
+    folder holds (without it a new run there is refused); `on_checkpoint`: see `train`. Returns the training summary."""
     out_dir = Path(out_dir)
-    resume_point(out_dir, resume, cfg.to_dict())        # a refused resume fails before the data is read
+    resume_point(out_dir, resume, cfg.to_dict(), overwrite,     # a refused run fails before the data is read
+                 check_held=os.environ.get('RANK', '0') == '0')   # torchrun: rank 0 looks (see resume_point)
     seed_everything(cfg.train.seed)                     # the head's initial weights are part of the seed's result
     model = SDAANet(cfg.model)
     train_spec = data_spec(cfg, 'train')
@@ -287,7 +302,7 @@ def run_train(cfg: RunConfig, out_dir, resume: bool | str = False, stop_after: i
     dataset = (CachedTrainEpisodes(cache, index, cfg.fold, cfg.shots) if cache is not None
                else TrainEpisodes(index, cfg.fold, cfg.shots, train_spec.transform()))
     return train(model, dataset, cfg.train, out_dir, resume=resume, stop_after=stop_after, validate=validate,
-                 run_config=cfg.to_dict(), progress=progress, on_checkpoint=on_checkpoint)
+                 run_config=cfg.to_dict(), progress=progress, on_checkpoint=on_checkpoint, overwrite=overwrite)
 
 # %% ../nbs/09_runs.ipynb #4637692f
 class BudgetScores:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_train.ipynb #3aee0077
 from __future__ import annotations
-import json, os, random, time, warnings
+import json, os, random, shutil, time, warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -18,10 +18,10 @@ from .engine import AMP_MODES, resolve_device, init_distributed, autocast_dtype,
 from .checkpoints import CHECKPOINT_FORMAT, CheckpointError, _read, check_state_dict, save_checkpoint
 
 # %% auto #0
-__all__ = ['SELECTIONS', 'OPTIMIZERS', 'SCHEDULES', 'LOCK_FILE', 'RESUME_MODES', 'GROWABLE', 'TrainConfig', 'train_config',
-           'poly_lr', 'make_optimizer', 'EpochSampler', 'SeededEpisodes', 'NonFiniteLossError', 'RunLog', 'train_step',
-           'episode_batches', 'Validation', 'RunLockedError', 'run_lock', 'setting_changes', 'describe_changes',
-           'resume_point', 'train']
+__all__ = ['SELECTIONS', 'OPTIMIZERS', 'SCHEDULES', 'LOCK_FILE', 'RESUME_MODES', 'GROWABLE', 'RUN_MARKS', 'RUN_OUTPUTS',
+           'TrainConfig', 'train_config', 'poly_lr', 'make_optimizer', 'EpochSampler', 'SeededEpisodes',
+           'NonFiniteLossError', 'RunLog', 'train_step', 'episode_batches', 'Validation', 'RunLockedError', 'run_lock',
+           'setting_changes', 'describe_changes', 'held_run', 'clear_run', 'resume_point', 'train']
 
 # %% ../nbs/07_train.ipynb #86e41f66
 SELECTIONS = ('last', 'val', 'best-test')
@@ -294,11 +294,38 @@ def describe_changes(changes: dict) -> str: return ', '.join(f"{k}: {a!r} -> {b!
 def _grows(key: str, old, new) -> bool:
     return key in GROWABLE and isinstance(old, int) and isinstance(new, int) and new > old
 
-def resume_point(out_dir, resume: bool | str, settings: dict) -> tuple[dict | None, dict]:
+RUN_MARKS = ('checkpoints/last.pth', 'train_log.jsonl')   # a folder holding one of them holds a run
+RUN_OUTPUTS = (*RUN_MARKS, 'checkpoints/best.pth', 'config.json', 'tensorboard', 'budget_records.csv',  # train's files
+               'eval_summary.json', 'metrics.csv', 'metrics_summary.csv', 'records.csv', 'episodes')      # run_eval's
+
+def held_run(out_dir) -> list[Path]:
+    "The files that show `out_dir` holds a run (`RUN_MARKS` that exist)."
+    return [Path(out_dir) / f for f in RUN_MARKS if (Path(out_dir) / f).exists()]
+
+def clear_run(out_dir) -> list[str]:
+    "Remove the files and folders a run and its evaluation write into `out_dir` (`RUN_OUTPUTS`); returns their names."
+    gone = []
+    for name in RUN_OUTPUTS:
+        p = Path(out_dir) / name
+        if p.is_dir() and not p.is_symlink(): shutil.rmtree(p); gone.append(name)
+        elif p.exists() or p.is_symlink(): p.unlink(); gone.append(name)
+    return gone
+
+def resume_point(out_dir, resume: bool | str, settings: dict, overwrite: bool = False,
+                 check_held: bool = True) -> tuple[dict | None, dict]:
     """The checkpoint a run into `out_dir` continues from (None: a new run) and the settings changed since (see
-    above). `settings`: nested dicts, e.g. `RunConfig.to_dict()` or `{'train': asdict(cfg)}`."""
+    above). `settings`: nested dicts, e.g. `RunConfig.to_dict()` or `{'train': asdict(cfg)}`. A new run
+    (`resume=False`) into a folder that holds one is refused unless `overwrite` (`check_held`: whether to look;
+    under torchrun rank 0 alone does, since it may already be writing the new run when another rank gets here)."""
     check_choice('resume', resume, RESUME_MODES)
+    if not isinstance(overwrite, bool): raise ValueError(f"overwrite={overwrite!r} is not allowed; expected True or False")
+    if overwrite and resume:
+        raise ValueError(f"resume={resume!r} and overwrite=True exclude each other: resume continues the folder's run, "
+                         "overwrite replaces it; expected one of them")
     out_dir = Path(out_dir); last = out_dir / 'checkpoints' / 'last.pth'
+    if not resume and not overwrite and check_held and (held := held_run(out_dir)):
+        raise FileExistsError(f"{out_dir} already holds a run ({', '.join(str(p) for p in held)}); expected a new run "
+                              "folder, --resume (resume=True) to continue it, or --overwrite (overwrite=True) to replace it")
     if not resume or (resume == 'auto' and not last.exists()): return None, {}
     if not last.exists():
         raise FileNotFoundError(f"resume=True, but {out_dir} holds no run to resume ({last} not found); expected the "
@@ -341,9 +368,12 @@ def _write_json(path: Path, obj) -> None:
     tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, path)
 
 def train(model: SDAANet, dataset, cfg: TrainConfig, out_dir, resume: bool | str = False, stop_after: int | None = None,
-          validate=None, run_config: dict | None = None, progress: bool = True, on_checkpoint=None) -> dict:
+          validate=None, run_config: dict | None = None, progress: bool = True, on_checkpoint=None,
+          overwrite: bool = False) -> dict:
     """Train `model` on the episode `dataset` into `out_dir` (locked meanwhile; `run_config` is written as
     `config.json`). `resume`: False, True or 'auto' (see `resume_point`; the settings are `run_config`, else `cfg`);
+    a new run into a folder that holds one is refused unless `overwrite`, which first removes the earlier run's
+    files (`RUN_OUTPUTS`: checkpoints, log, evaluation results; listed in the summary's `replaced`);
     `stop_after` ends this call after that many iterations (the schedule is unchanged); `validate(model) -> float`
     scores the model at every checkpoint when `cfg.select` is 'val' or 'best-test'; `on_checkpoint(iteration, best)`
     is called at each checkpoint, before `last.pth` is written (rank 0; it must be safe to repeat, since a run killed
@@ -359,7 +389,8 @@ def train(model: SDAANet, dataset, cfg: TrainConfig, out_dir, resume: bool | str
         raise ValueError(f"{len(dataset)} training episodes cannot fill one batch of {cfg.batch_size} x {world} "
                          "process(es); lower batch_size")
     with run_lock(out_dir) if rank == 0 else nullcontext():
-        ckpt, changes = resume_point(out_dir, resume, settings)
+        ckpt, changes = resume_point(out_dir, resume, settings, overwrite, check_held=rank == 0)
+        replaced = clear_run(out_dir) if overwrite and rank == 0 else []
         total, it, val = cfg.max_iters or cfg.epochs * per_epoch, 0, Validation(cfg.patience)
         if ckpt is not None: it, val = _resume(ckpt, ckpt_dir / 'last.pth', model, optimizer, scaler, cfg)
         start = saved = it if ckpt is not None else None          # saved: the iteration of this run's newest last.pth
@@ -417,4 +448,4 @@ def train(model: SDAANet, dataset, cfg: TrainConfig, out_dir, resume: bool | str
             bar.close(); log.close()
     return {'iterations': it, 'total': total, 'finished': it >= total or val.stop, 'stopped_early': val.stop,
             'best': val.best, 'checkpoint': str(ckpt_dir / 'last.pth') if saved is not None else None,
-            'resumed_from': start, 'changes': {k: list(v) for k, v in changes.items()}}
+            'resumed_from': start, 'changes': {k: list(v) for k, v in changes.items()}, 'replaced': replaced}

@@ -204,6 +204,79 @@ def test_study_bad_override(capsys, tmp_path):
     assert not (tmp_path / 's').exists()
 
 
+# ------------------------------------------------------------------ nothing the user made or a finished run owns is replaced
+
+def _digest(folder):
+    import hashlib
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+def test_predict_out_is_the_input_folder(files, capsys, tmp_path):
+    "`--out` the folder of the query `x.png` and its support mask `x_mask.png`: refused, every input byte-identical."
+    import shutil
+    folder = tmp_path / 'photos'; folder.mkdir()
+    shutil.copy(files['img'], folder / 'x.jpg'); shutil.copy(files['lbl'], folder / 'x_mask.png')
+    before = _digest(folder)
+    check(_predict(files, tmp_path, support=[folder / 'x.jpg'], support_mask=[folder / 'x_mask.png'],
+                   query=[folder / 'x.jpg'], out=folder), capsys, 2, folder / 'x_mask.png', 'would replace the support mask')
+    assert _digest(folder) == before
+
+
+@pytest.mark.parametrize('extra,names', [
+    (['--mask-threshold', '300'], ['mask_threshold=300', '1..255']),
+    (['--mask-threshold', '100', '--class-id', '3'], ['exclude each other']),
+])
+def test_predict_bad_mask_threshold(files, extra, names, capsys, tmp_path):
+    check(_predict(files, tmp_path) + extra, capsys, 2, *names)
+    assert not (tmp_path / 'pred').exists()
+
+
+def test_predict_names_the_mask_rule_it_applied(files, capsys, tmp_path):
+    import json
+    code = main([str(a) for a in _predict(files, tmp_path) + ['--mask-threshold', '128']])
+    rows = json.loads(capsys.readouterr().out)
+    assert code == 0 and rows[0]['support_masks'] == [f"{files['lbl']}: object where >= 128 (mask_threshold)"]
+
+
+@pytest.fixture(scope='module')
+def finished(files, tmp_path_factory):
+    "A finished one-iteration smoke run."
+    out = tmp_path_factory.mktemp('finished') / 'run'
+    assert main([str(a) for a in _train(files, out)]) == 0
+    return out
+
+
+def test_train_into_a_finished_run_without_resume(files, finished, capsys):
+    before = _digest(finished)
+    check(_train(files, finished), capsys, 2, finished, 'already holds a run', '--resume', '--overwrite')
+    assert _digest(finished) == before                                  # last.pth and the log byte-identical
+
+
+def test_train_resume_and_overwrite_together(files, finished, capsys):
+    before = _digest(finished)
+    check(_train(files, finished) + ['--resume', '--overwrite'], capsys, 2, 'exclude each other')
+    assert _digest(finished) == before
+
+
+def test_train_overwrite_replaces_the_run(files, finished, capsys, tmp_path):
+    import json, shutil
+    run = shutil.copytree(finished, tmp_path / 'run')
+    shutil.copy(run / 'checkpoints' / 'last.pth', run / 'checkpoints' / 'best.pth')
+    assert main([str(a) for a in _train(files, run) + ['--overwrite']]) == 0
+    assert 'checkpoints/best.pth' in json.loads(capsys.readouterr().out)['replaced']
+    assert not (run / 'checkpoints' / 'best.pth').exists() and (run / 'checkpoints' / 'last.pth').exists()
+
+
+def test_eval_into_a_folder_another_eval_writes(files, capsys, tmp_path):
+    "Two evaluations into one --out: the second finds the first's lock (a live process) and is refused."
+    import os
+    out = tmp_path / 'ev'; out.mkdir()
+    (out / '.lock').write_text(str(os.getppid()))
+    check(['eval', '--preset', 'smoke', '--data-root', files['root'], '--out', out, '--checkpoint', files['ckpt']],
+          capsys, 2, out, f'being written by process {os.getppid()}')
+    assert sorted(p.name for p in out.iterdir()) == ['.lock']
+
+
 # ------------------------------------------------------------------ runtime errors (exit 1) and --debug
 
 def test_runtime_error_is_one_line_with_its_type(files, capsys, monkeypatch):

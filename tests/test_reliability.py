@@ -1,6 +1,8 @@
 """Reliability (issue 14): damaged checkpoints, runs that keep their record (resume, lock, stops), evaluation on a
 fold the model trained on, non-finite values, prediction inputs (sizes, masks, image modes, names, prior only) and
-API inputs. Every case checks the outcome: an error naming the input, a counted warning, or the right result."""
+API inputs; issue 21: run folders and inputs never overwritten (train over a run, eval's lock, predict's outputs),
+EXIF-oriented photos, palette, anti-aliased and blurred masks, 16-bit images in datasets. Every case checks the
+outcome: an error naming the input, a counted warning, or the right result."""
 import json
 import os
 import shutil
@@ -208,9 +210,9 @@ class NaNData(RandomEpisodes):
 
 def test_lock_released_and_no_checkpoint_named_after_a_failed_start(tmp_path, ckpt):
     "A run that fails before its first checkpoint names none (not a stale last.pth of an earlier run)."
-    tmp_path = _copy(ckpt, tmp_path / 'run')                  # an earlier run's last.pth stays in the folder
+    tmp_path = _copy(ckpt, tmp_path / 'run')                  # an earlier run, replaced
     with pytest.raises(NonFiniteLossError, match='no checkpoint of this run was written yet'):
-        train(_model(), NaNData(n=8, size=33), _cfg(), tmp_path, progress=False)
+        train(_model(), NaNData(n=8, size=33), _cfg(), tmp_path, progress=False, overwrite=True)
     assert not (tmp_path / '.lock').exists()
 
 
@@ -472,3 +474,183 @@ def test_run_config_checks_values(overrides, expect):
 
 def test_run_config_takes_a_path_as_data_root(tmp_path):
     assert run_config('smoke', data_root=tmp_path).data_root == str(tmp_path)
+
+
+# ---------------------------------------------------------------- 7. nothing the user made or a finished run owns is overwritten
+def _digest(folder: Path) -> dict:
+    "Every file under `folder` -> its bytes' hash."
+    import hashlib
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+def test_train_into_a_finished_run_is_refused_and_leaves_it_as_it_was(tmp_path, ckpt):
+    run = _copy(ckpt, tmp_path / 'run')
+    before = _digest(run)
+    with pytest.raises(FileExistsError, match=rf"{run} already holds a run .*last.pth.*--resume .*--overwrite"):
+        _train(run)
+    assert _digest(run) == before and not (run / '.lock').exists()
+
+
+def test_overwrite_replaces_the_run_with_its_best_checkpoint_and_results(tmp_path, ckpt):
+    run = _copy(ckpt, tmp_path / 'run')
+    shutil.copy(run / 'checkpoints' / 'last.pth', run / 'checkpoints' / 'best.pth')   # an earlier run's selected model
+    (run / 'eval_summary.json').write_text('{"miou": 0.9}')
+    (run / 'notes.txt').write_text('mine')                                           # not the run's: kept
+    with pytest.raises(ValueError, match='exclude each other'):
+        train(_model(), DATA, _cfg(), run, resume=True, overwrite=True, progress=False)
+    summary = train(_model(), DATA, _cfg(max_iters=1), run, overwrite=True, progress=False)
+    assert {'checkpoints/last.pth', 'checkpoints/best.pth', 'train_log.jsonl', 'eval_summary.json'} <= set(summary['replaced'])
+    assert not (run / 'checkpoints' / 'best.pth').exists() and not (run / 'eval_summary.json').exists()
+    assert torch.load(run / 'checkpoints' / 'last.pth', weights_only=True)['iteration'] == 1
+    assert (run / 'notes.txt').read_text() == 'mine'
+
+
+def test_run_train_refuses_a_new_run_over_a_run_before_reading_data(run, tmp_path):
+    d, cfg = run
+    shutil.copytree(d / 'run', tmp_path / 'run')
+    before = _digest(tmp_path / 'run')
+    with pytest.raises(FileExistsError, match='already holds a run'):
+        run_train(cfg, tmp_path / 'run', progress=False)
+    assert _digest(tmp_path / 'run') == before
+
+
+def test_run_eval_takes_the_folder_lock(run, tmp_path):
+    "A second evaluation into a folder another process is writing is refused, and writes nothing there."
+    d, cfg = run
+    out = tmp_path / 'eval'; out.mkdir()
+    other = os.getppid()                                      # a live process that is not this one
+    (out / '.lock').write_text(str(other))
+    with pytest.raises(RunLockedError, match=rf'run folder {out} is being written by process {other}'):
+        run_eval(cfg, out, checkpoint=d / 'run' / 'checkpoints' / 'last.pth', progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ['.lock']
+    run_eval(cfg, tmp_path / 'ok', checkpoint=d / 'run' / 'checkpoints' / 'last.pth', progress=False)
+    assert sorted(p.name for p in (tmp_path / 'ok').iterdir()) == ['episodes', 'eval_summary.json', 'metrics.csv',
+                                                                   'metrics_summary.csv', 'records.csv']   # no lock, no temp file
+
+
+def test_predict_into_the_input_folder_never_changes_an_input(files):
+    "The query `s.png`'s outputs would be `s_mask.png`, the support mask: refused before anything is written."
+    shutil.copy(files / 'sm.png', files / 's_mask.png')
+    before = _digest(files)
+    with pytest.raises(ValueError, match=rf"output {files / 's_mask.png'} would replace the support mask {files / 's_mask.png'}"):
+        predict_files(_model(), [files / 's.png'], [files / 's_mask.png'], [files / 's.png'], files, size=33)
+    assert _digest(files) == before
+
+
+def test_predict_refuses_an_output_that_is_a_link_to_an_input(files, tmp_path):
+    (tmp_path / 'out').mkdir()
+    os.link(files / 'sm.png', tmp_path / 'out' / 'q_overlay.png')             # a hard link to the support mask
+    with pytest.raises(ValueError, match='would replace the support mask'):
+        predict_files(_model(), [files / 's.png'], [files / 'sm.png'], [files / 'a' / 'q.png'], tmp_path / 'out', size=33)
+
+
+# ---------------------------------------------------------------- 8. images and masks as people make them
+def _exif_jpeg(path, img: np.ndarray, orientation: int):
+    "A JPEG of `img` as stored, with an EXIF orientation tag (6: shown turned 90 degrees clockwise)."
+    exif = Image.Exif(); exif[0x0112] = orientation
+    Image.fromarray(img).save(path, exif=exif, quality=95)
+    return path
+
+
+@pytest.mark.parametrize('orientation', [6, 8])
+def test_exif_rotated_query_gets_a_mask_of_its_shown_size(files, orientation):
+    q, _ = _scene(10, 20, size=64)
+    stored = q[:40]                                                          # 64 wide, 40 high as stored
+    path = _exif_jpeg(files / 'phone.jpg', stored, orientation)
+    shown = np.asarray(Image.open(path).transpose(Image.Transpose.ROTATE_270 if orientation == 6 else Image.Transpose.ROTATE_90))
+    assert read_rgb(path).shape == shown.shape == (64, 40, 3)
+    assert np.abs(read_rgb(path).astype(int) - shown).mean() < 1
+    rows = predict_files(_model(), [files / 's.png'], [files / 'sm.png'], [path], files / 'out', size=33)
+    assert np.asarray(Image.open(rows[0]['mask'])).shape == (64, 40)
+
+
+def test_exif_rotated_support_photo_takes_its_mask_as_shown(files):
+    "A support photo stored on its side, with the mask drawn on the photo as shown: the mask fits it."
+    s, sm = _scene(8, 8)
+    s, sm = s[:, :48], sm[:, :48]                                            # 48 wide, 64 high as shown
+    path = _exif_jpeg(files / 'support.jpg', np.ascontiguousarray(np.rot90(s, 1)), 6)   # stored 64 wide, 48 high
+    Image.fromarray(sm * 255).save(files / 'support_mask.png')
+    assert (read_rgb(path).astype(int) - s).__abs__().mean() < 8
+    rows = predict_files(_model(), [path], [files / 'support_mask.png'], [files / 'a' / 'q.png'], files / 'out', size=33)
+    assert rows[0]['support_masks'] == [f"{files / 'support_mask.png'}: object = value 255"]
+
+
+def test_dataset_reader_applies_exif_and_reads_16_bit(tmp_path):
+    from sdaanet.data import _image_size, read_image
+    img = np.zeros((30, 50, 3), np.uint8); img[:, :10] = 255
+    path = _exif_jpeg(tmp_path / 'x.jpg', img, 6)
+    assert read_image(path).shape == (50, 30, 3) and _image_size(path) == (50, 30)
+    assert read_image(path)[:10].mean() > 200 and read_image(path)[-10:].mean() < 30      # the left edge is now on top
+    g16 = _png16(tmp_path / 'g16.png', np.array([[0, 32896, 65535]], np.uint16))
+    assert read_image(g16)[..., 0].tolist() == [[0, 128, 255]]                # was all white (clipped)
+
+
+def _iou(a, b) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def _disk(size=64, r=20):
+    yy, xx = np.mgrid[0:size, 0:size]
+    return (yy + 0.5 - size / 2) ** 2 + (xx + 0.5 - size * 27 / 64) ** 2 < r * r        # pixel centres: any scale
+
+
+def test_white_on_black_palette_mask_is_read_by_colour(tmp_path):
+    "Palette index 0 drawn white (the object), index 1 black: read by index the object would be the background."
+    obj = _disk()
+    im = Image.fromarray(np.where(obj, 0, 1).astype(np.uint8), 'P'); im.putpalette([255, 255, 255, 0, 0, 0])
+    im.save(tmp_path / 'm.png')
+    assert _iou(read_support_mask(tmp_path / 'm.png', obj.shape) == 1, obj) == 1.0
+    from sdaanet.predict import support_mask_rule
+    assert support_mask_rule(tmp_path / 'm.png', obj.shape)[1].startswith('palette colours (not the VOC palette) read as grey levels')
+
+
+def test_voc_palette_mask_is_read_by_index(tmp_path):
+    from sdaanet.predict import VOC_PALETTE, support_mask_rule
+    lbl = np.zeros((8, 8), np.uint8); lbl[2:6, 2:6] = 15; lbl[1, 1:7] = 255
+    im = Image.fromarray(lbl, 'P'); im.putpalette(VOC_PALETTE.flatten().tolist()); im.save(tmp_path / 'voc.png')
+    mask, rule = support_mask_rule(tmp_path / 'voc.png', lbl.shape)
+    assert mask.tolist() == np.where(lbl == 255, 255, lbl == 15).tolist() and rule == 'object = value 15, 255 = ignore'
+    assert (read_support_mask(tmp_path / 'voc.png', lbl.shape, class_id=15) == mask).all()
+
+
+def _antialiased(levels: str):
+    "A 0/255 disk with a soft edge: one grey level (128), or many (drawn at 4x and shrunk)."
+    if levels == 'one':
+        obj = _disk(); inner = _disk(r=19)
+        return np.where(inner, 255, np.where(obj, 128, 0)).astype(np.uint8), obj
+    big = Image.fromarray((_disk(256, 80) * 255).astype(np.uint8)).resize((64, 64), Image.Resampling.BOX)
+    return np.asarray(big), _disk(64, 20)
+
+
+@pytest.mark.parametrize('levels', ['one', 'many'])
+def test_antialiased_mask_is_thresholded(tmp_path, levels):
+    soft, obj = _antialiased(levels)
+    assert len(np.unique(soft)) > 2
+    Image.fromarray(soft).save(tmp_path / 'soft.png')
+    mask = read_support_mask(tmp_path / 'soft.png', soft.shape)
+    assert _iou(mask == 1, obj) > 0.95 and not (mask == 255).any()
+    from sdaanet.predict import support_mask_rule
+    rule = support_mask_rule(tmp_path / 'soft.png', soft.shape)[1]
+    assert rule.startswith('0/255 with soft edges') and rule.endswith('object where >= 128')
+
+
+def test_mask_threshold_reads_a_blurred_mask(tmp_path):
+    from scipy.ndimage import gaussian_filter
+    obj = _disk()
+    blurred = gaussian_filter(obj * 200.0, 2).round().astype(np.uint8)       # no 255 at all, every grey below 200
+    Image.fromarray(blurred).save(tmp_path / 'blur.png')
+    with pytest.raises(ValueError, match=r'label map with the values .*mask_threshold='):
+        read_support_mask(tmp_path / 'blur.png', obj.shape)
+    mask = read_support_mask(tmp_path / 'blur.png', obj.shape, mask_threshold=100)
+    assert _iou(mask == 1, obj) > 0.95
+    for bad in (0, 256, 1.5, True):
+        with pytest.raises(ValueError, match=f'mask_threshold={bad!r} is not allowed'):
+            read_support_mask(tmp_path / 'blur.png', obj.shape, mask_threshold=bad)
+    with pytest.raises(ValueError, match='exclude each other'):
+        read_support_mask(tmp_path / 'blur.png', obj.shape, class_id=3, mask_threshold=100)
+
+
+def test_predict_names_the_mask_rule(files):
+    rows = predict_files(_model(), [files / 's.png'], [files / 'sm.png'], [files / 'a' / 'q.png'], files / 'out', size=33,
+                         mask_threshold=200)
+    assert rows[0]['support_masks'] == [f"{files / 'sm.png'}: object where >= 200 (mask_threshold)"]
