@@ -308,7 +308,7 @@ def run_train(cfg: RunConfig, out_dir, resume: bool | str = False, stop_after: i
 class BudgetScores:
     """`train`'s `on_checkpoint`: at each of `budgets`, the records (one row per episode, `evaluate`'s columns plus
     `eval_seed`, `budget` and `best_iteration`) of the model the run keeps so far (the best on validation,
-    `best.pth`; with `train.select='last'` the current one, `last.pth`) on the first `n` test episodes of every
+    `best.pth`; with `train.select='last'` the current one) on the first `n` test episodes of every
     evaluation seed, kept in `<out_dir>/budget_records.csv`."""
     def __init__(self, cfg: RunConfig, out_dir, budgets, n: int = 100):
         self.cfg, self.out_dir, self.budgets = cfg, Path(out_dir), sorted(budgets)
@@ -328,15 +328,15 @@ class BudgetScores:
             self._test = index, cache, lists
         return self._test
 
-    def __call__(self, iteration: int, best: dict | None) -> None:
+    def __call__(self, iteration: int, best: dict | None, model: SDAANet) -> None:
         last = self.cfg.train.select == 'last'
         if iteration not in self.budgets or (best is None and not last): return
         kept = iteration if last else best['iteration']
         if self._last is None or self._last[0] != kept:
             index, cache, lists = self._data()
-            model = inference_copy(load_checkpoint(self.out_dir / 'checkpoints' / ('last.pth' if last else 'best.pth'))[0])
+            kept_model = inference_copy(model if last else load_checkpoint(self.out_dir / 'checkpoints' / 'best.pth')[0])
             self._last = kept, pd.concat(
-                [evaluate_episodes(model, self.eval_cfg, eps, index, cache=cache).records.assign(eval_seed=s) for s, eps in lists.items()])
+                [evaluate_episodes(kept_model, self.eval_cfg, eps, index, cache=cache).records.assign(eval_seed=s) for s, eps in lists.items()])
         rows = self._last[1].assign(budget=iteration, best_iteration=kept)
         old = pd.read_csv(self.path) if self.path.exists() else None
         table = pd.concat([old[old.budget != iteration], rows]) if old is not None else rows

@@ -375,10 +375,10 @@ def train(model: SDAANet, dataset, cfg: TrainConfig, out_dir, resume: bool | str
     a new run into a folder that holds one is refused unless `overwrite`, which first removes the earlier run's
     files (`RUN_OUTPUTS`: checkpoints, log, evaluation results; listed in the summary's `replaced`);
     `stop_after` ends this call after that many iterations (the schedule is unchanged); `validate(model) -> float`
-    scores the model at every checkpoint when `cfg.select` is 'val' or 'best-test'; `on_checkpoint(iteration, best)`
+    scores the model at every checkpoint when `cfg.select` is 'val' or 'best-test'; `on_checkpoint(iteration, best, model)`
     is called at each checkpoint, before `last.pth` is written (rank 0; it must be safe to repeat, since a run killed
     in between repeats that checkpoint on resume; `best`: the best validation score and its iteration, whose model is
-    `best.pth`), e.g. to score the best model so far at chosen budgets. Returns a summary dict whose `checkpoint` is
+    `best.pth`; `model`: the current one, to be left unchanged), e.g. to score the best model so far at chosen budgets. Returns a summary dict whose `checkpoint` is
     the run's newest `last.pth` (None when none was written)."""
     out_dir = Path(out_dir); ckpt_dir = out_dir / 'checkpoints'
     if stop_after is not None: check_positive('stop_after', stop_after, integer=True)
@@ -411,7 +411,7 @@ def train(model: SDAANet, dataset, cfg: TrainConfig, out_dir, resume: bool | str
                     save_checkpoint(ckpt_dir / 'best.pth', model, iteration=it, score=score, trained_on=trained_on,
                                     run_config=run_config)
             # before last.pth: a run killed in between redoes this checkpoint on resume, so `on_checkpoint` is never skipped
-            if on_checkpoint is not None and rank == 0: on_checkpoint(it, val.best)
+            if on_checkpoint is not None and rank == 0: on_checkpoint(it, val.best, model)
             if rank == 0:
                 save_checkpoint(ckpt_dir / 'last.pth', model, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
                                 iteration=it, rng=_rng_state(), best=val.best, stale=val.stale, train_config=asdict(cfg),

@@ -51,11 +51,11 @@ def test_checkpoint_callback_is_repeated_after_a_kill_inside_it(tmp_path):
     cfg = train_config('embedded', batch_size=2, workers=0, log_every=1, checkpoint_every=1, max_iters=3)
     data, seen = RandomEpisodes(n=8, size=33), []
 
-    def killed_at_2(it, best):
+    def killed_at_2(it, best, model):
         if it == 2: raise KeyboardInterrupt('killed')
         seen.append(it)
     with pytest.raises(KeyboardInterrupt): train(_model(), data, cfg, tmp_path, on_checkpoint=killed_at_2, progress=False)
-    train(_model(), data, cfg, tmp_path, resume=True, on_checkpoint=lambda it, best: seen.append(it), progress=False)
+    train(_model(), data, cfg, tmp_path, resume=True, on_checkpoint=lambda it, best, model: seen.append(it), progress=False)
     assert seen == [1, 2, 3]
 
 
