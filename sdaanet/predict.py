@@ -47,15 +47,19 @@ def _voc_palette() -> np.ndarray:
 
 VOC_PALETTE = _voc_palette()
 
+def _palette_rgb(palette: list) -> np.ndarray:
+    "A flat RGB palette list as a (256, 3) table (missing entries black)."
+    pal = np.zeros((256, 3), np.int64); flat = np.asarray(palette[:768], np.int64).reshape(-1, 3); pal[:len(flat)] = flat
+    return pal
+
 def _palette_means_indices(palette: list, m: np.ndarray) -> bool:
     "True when the used entries of `palette` are VOC's colours or a grey ramp (index i drawn as grey i)."
-    pal = np.zeros((256, 3), np.int64); flat = np.asarray(palette[:768], np.int64).reshape(-1, 3); pal[:len(flat)] = flat
-    used = np.unique(m)
+    pal, used = _palette_rgb(palette), np.unique(m)
     return bool((pal[used] == VOC_PALETTE[used]).all() or (pal[used] == used[:, None]).all())
 
 def _grey(palette: list, m: np.ndarray) -> np.ndarray:
     "The grey level (Pillow's L conversion) of each pixel's palette colour."
-    pal = np.zeros((256, 3), np.int64); flat = np.asarray(palette[:768], np.int64).reshape(-1, 3); pal[:len(flat)] = flat
+    pal = _palette_rgb(palette)
     lut = (pal[:, 0] * 19595 + pal[:, 1] * 38470 + pal[:, 2] * 7471 + 0x8000) >> 16
     return lut[m].astype(np.uint8)
 
