@@ -13,8 +13,8 @@ from .model import SDAANet
 # %% auto #0
 __all__ = ['OFFICIAL_PREFIXES', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'RELEASED_INPUT_SIZE', 'from_official_name',
            'to_official_name', 'CheckpointError', 'CheckpointMismatchError', 'check_state_dict', 'state_dict_from_spec',
-           'official_config', 'load_official_checkpoint', 'export_official', 'atomic_save', 'save_checkpoint',
-           'training_record', 'load_checkpoint']
+           'official_config', 'load_official_checkpoint', 'export_official', 'SaveError', 'atomic_save',
+           'save_checkpoint', 'training_record', 'load_checkpoint']
 
 # %% ../nbs/06_checkpoints.ipynb #90c18b33
 OFFICIAL_PREFIXES = (  # (released name prefix, our name prefix)
@@ -152,13 +152,21 @@ def export_official(model: SDAANet, epoch: int = 0) -> dict:
     return {'epoch': epoch, 'state_dict': sd}
 
 # %% ../nbs/06_checkpoints.ipynb #4957dd3a
+class SaveError(OSError):
+    "A file that could not be written (a full disk or another failed write); the message names it and what to do."
+
 def atomic_save(obj, path) -> Path:
-    "`torch.save` to a temporary file beside `path`, then rename over `path`."
+    """`torch.save` to a temporary file beside `path`, then rename over `path`. A failed write (torch's writer error
+    or an `OSError`, as a full disk gives) removes the temporary file, leaves `path` as it was and raises `SaveError`."""
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise SaveError(f"could not write {path}: the disk is full (or the write failed: {reason}); "
+                        "free space and rerun with --resume") from e
     finally:
         if tmp.exists(): tmp.unlink()
     return path

@@ -192,7 +192,8 @@ def _add_predict_parser(sub) -> None:
                                                 'of them would replace an input file)')
     p.add_argument('--size', type=positive_int, default=None,
                    help="square network input size (default: the checkpoint's training size; 473 for released ones)")
-    p.add_argument('--threshold', type=share, default=0.5, help='with --prior-only: the prior value that counts as object')
+    p.add_argument('--threshold', type=share, default=None,
+                   help='with --prior-only: the prior value that counts as object (default 0.5)')
     p.add_argument('--batch-size', type=positive_int, default=4); p.add_argument('--device', default='auto')
 
 def _predict_command(args) -> None:
@@ -202,13 +203,15 @@ def _predict_command(args) -> None:
     from sdaanet.engine import resolve_device
     from sdaanet.predict import prior_model
     if args.dataset and not args.released: raise ValueError("--dataset is for --released checkpoints only")
+    if args.threshold is not None and not args.prior_only:
+        raise ValueError(f"--threshold {args.threshold} is for --prior-only; a trained model's mask is its argmax")
     device = resolve_device(args.device)
     if args.prior_only: model = prior_model(device)
     else:
         model = load_official_checkpoint(args.released, dataset=args.dataset) if args.released else load_checkpoint(args.checkpoint)[0]
         model = inference_copy(model.to(device))
     rows = predict_files(model, args.support, args.support_mask, args.query, args.out, args.size, args.batch_size,
-                         args.class_id, args.prior_only, args.threshold, args.mask_threshold)
+                         args.class_id, args.prior_only, 0.5 if args.threshold is None else args.threshold, args.mask_threshold)
     print(json.dumps(rows, indent=1))
 
 # %% ../nbs/11_cli.ipynb #2aaa6886
@@ -236,7 +239,8 @@ def _add_bench_parser(sub) -> None:
 
 def _bench_command(args) -> None:
     from sdaanet.bench import bench
-    sizes = {k: v for k, v in (PRESETS[args.preset]['model'] if args.preset else {}).items() if k != 'backbone'}
+    sizes = {k: v for k, v in (PRESETS[args.preset]['model'] if args.preset else {}).items()
+             if k not in ('backbone', 'backbone_weights')}        # bench always starts from random weights
     if args.only == 'ensemble' and not args.ensemble:
         raise ValueError("--only ensemble needs --ensemble S, the number of seeds")
     what = () if args.only == 'ensemble' else (args.only,) if args.only else ('eval', 'train')
@@ -284,12 +288,10 @@ def _add_study_parser(sub) -> None:
                    help='resubmit a run whose worker died up to N times before recording it failed')
     p.add_argument('--html', default='reports/_html', help='folder of the HTML report')
     p.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
-                   help='override for every run, e.g. train.max_iters=100 (part of each run\'s hash)')
+                   help="override for every run (e.g. train.max_iters=100), or for one as RUN_ID:KEY=VALUE; part of each run's hash")
 
 def _study_command(args) -> None:
-    from sdaanet.study import study
-    from sdaanet.runs import parse_overrides
-    parse_overrides(args.overrides)   # checks KEY=VALUE now, not inside every run
+    from sdaanet.study import study                  # it checks every --set (RUN_ID:KEY=VALUE too) before it writes
     index = study(args.dir or f'runs/study-{args.preset}', args.preset, args.data_root, tuple(args.folds), args.device,
                   args.jobs, args.gpus, args.retry_failed, args.html, args.only, args.overrides, matrix=args.matrix,
                   scheduler=args.scheduler, cluster_config=args.cluster_config, retries=args.retries,
@@ -311,11 +313,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `sdaanet` console script: exit 0, 2 for bad input, 1 for a runtime error (see above)."
+    "Entry point of the `sdaanet` console script: exit 0, 2 for bad input, 1 for a runtime error, 141 for a closed pipe (see above)."
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         _dispatch(args)
+        sys.stdout.flush()                  # a reader gone away shows here, not at exit
+    except BrokenPipeError:
+        # the reader closed the pipe (`sdaanet data index | head -1`): the Python docs' recipe (stdout to devnull, so
+        # that the flush at exit cannot fail again) and exit 141 = 128 + SIGPIPE, what the shell reports for a tool
+        # ended by the closed pipe (`set -o pipefail` still sees that the output was cut)
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     except KeyboardInterrupt:
         parser.exit(130, f"sdaanet {args.command}: interrupted\n")
     except Exception as e:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #72aaa123
 from __future__ import annotations
-import dataclasses, json, random
+import dataclasses, json, math, random
 from pathlib import Path
 from fastcore.basics import patch
 from dataclasses import dataclass, asdict
@@ -12,8 +12,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'IGNORE', 'BACKBONES', 'VARIANTS', 'KSHOT_STRATEGIES', 'BACKBONE_BN_MODES',
-           'SDPM_PARTS', 'DECODER_BINS', 'PRESETS', 'check_choice', 'check_positive', 'checkout_file', 'Settings',
-           'ModelConfig', 'preset_section', 'model_config', 'seed_everything']
+           'SDPM_PARTS', 'DECODER_BINS', 'PRESETS', 'check_choice', 'check_positive', 'checkout_file', 'check_types',
+           'Settings', 'ModelConfig', 'preset_section', 'model_config', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #d12dba24
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -28,7 +28,7 @@ def check_choice(key: str, value, allowed) -> None:
 def check_positive(key: str, value, integer: bool = False) -> None:
     "Raise `ValueError` naming `key` unless `value` is a positive number (an int when `integer`)."
     kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{key}={value!r} is not allowed; expected a positive {'integer' if integer else 'number'}")
 
 def checkout_file(*parts: str, what: str) -> Path:
@@ -41,9 +41,39 @@ def checkout_file(*parts: str, what: str) -> Path:
     return path
 
 # %% ../nbs/00_core.ipynb #aafcca1b
+_KINDS = {'int': 'an integer', 'float': 'a number', 'str': 'a string', 'bool': 'true or false', 'tuple': 'a list of numbers'}
+
+def _fits(value, kind: str) -> bool:
+    "Whether `value` is of the annotated `kind` (a name in `_KINDS`, else a class name); a bool is not a number."
+    if kind not in _KINDS: return type(value).__name__ == kind
+    if kind == 'bool': return isinstance(value, bool)
+    if isinstance(value, bool): return False
+    return isinstance(value, {'int': int, 'float': (int, float), 'str': str, 'tuple': (tuple, list)}[kind])
+
+def check_types(obj, section: str = '') -> None:
+    """Raise `ValueError` naming `section.key` unless every field of the dataclass `obj` has its annotated type
+    (`int | None`, `tuple`, ...) and every number in it is finite (NaN and infinity are refused)."""
+    for f in dataclasses.fields(obj):
+        key, value = f"{section}.{f.name}" if section else f.name, getattr(obj, f.name)
+        kinds = [k.strip() for k in str(f.type).split('|')]
+        if value is None and 'None' in kinds: continue
+        wanted = [k for k in kinds if k != 'None']
+        if not any(_fits(value, k) for k in wanted):
+            expected = ' or '.join(_KINDS.get(k, k) for k in wanted) + (' or null' if 'None' in kinds else '')
+            raise ValueError(f"{key}={value!r} is not allowed; expected {expected}")
+        for v in (value if isinstance(value, (tuple, list)) else [value]):
+            if isinstance(value, (tuple, list)) and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise ValueError(f"{key}={value!r} is not allowed; expected {_KINDS['tuple']}")
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"{key}={value!r} is not allowed; expected a finite number")
+
 class Settings:
-    "Mixin for configuration dataclasses: `replace(**overrides)` refuses unknown keys by name."
-    _what = 'setting'
+    """Mixin for configuration dataclasses: `replace(**overrides)` refuses unknown keys by name; `check_types`
+    (called first by every `__post_init__`) refuses a value of the wrong type or a non-finite number, naming
+    `<section>.<key>`."""
+    _what, _section = 'setting', ''
+
+    def check_types(self) -> None: check_types(self, self._section)
 
     def replace(self, **overrides):
         "A copy with `overrides` (validated again); an unknown key is an error naming it."
@@ -62,7 +92,7 @@ SDPM_PARTS = ('teacher', 'kd', 'reweight')        # the `sdpm_<part>` switches; 
 @dataclass
 class ModelConfig(Settings):
     "Every switch and size of `SDAANet`; the list above says what each switch means."
-    _what = 'model setting'
+    _what, _section = 'model setting', 'model'
     backbone: str = 'resnet50'
     backbone_weights: str | None = 'imagenet'  # 'imagenet', a path to a state dict, or None (random init)
     backbone_bn: str = 'frozen'
@@ -85,6 +115,7 @@ class ModelConfig(Settings):
     fg_weight: float = 1.0          # foreground weight of every cross-entropy (1: the paper's loss)
 
     def __post_init__(self):
+        self.check_types()
         self.saam_bins, self.decoder_bins = tuple(self.saam_bins), tuple(self.decoder_bins)
         self._check()
 
@@ -123,7 +154,11 @@ def _check(self: ModelConfig):
     for key in ('saam_bins', 'decoder_bins'):
         bins = getattr(self, key)
         if not bins: raise ValueError(f"{key}=() is not allowed; expected at least one bin")
-        for b in bins: check_positive(f"{key} entry", b)
+        for b in bins:
+            check_positive(f"{key} entry", b)
+            if b != int(b) and (key == 'saam_bins' or b > 1):      # a decoder bin in (0, 1] is a share of the map
+                raise ValueError(f"{key} entry {b!r} is not allowed; expected a whole number of cells"
+                                 + (" or a share of the feature map in (0, 1]" if key == 'decoder_bins' else ''))
     if self.reduce_dim % self.se_reduction:
         raise ValueError(f"se_reduction={self.se_reduction} is not allowed; it must divide reduce_dim={self.reduce_dim}")
 

@@ -18,8 +18,8 @@ from .transforms import JointTransform, fit_longer_side
 
 # %% auto #0
 __all__ = ['PASCAL_CLASSES', 'COCO_CLASSES', 'DATASETS', 'SPLITS', 'COCO_SPLITS', 'N_FOLDS', 'CACHE_FORMAT', 'VOC_LAYOUT',
-           'COCO_LAYOUT', 'EMBEDDED_DEFAULTS', 'TEST_EPISODES', 'TEST_SEED', 'EPISODE_FORMAT', 'DataError',
-           'UnreadableFile', 'fold_classes', 'image_file', 'read_image', 'read_label', 'check_same_size',
+           'COCO_LAYOUT', 'EMBEDDED_DEFAULTS', 'TEST_EPISODES', 'TEST_SEED', 'EMBEDDED_LAYOUT', 'EPISODE_FORMAT',
+           'DataError', 'UnreadableFile', 'fold_classes', 'image_file', 'read_image', 'read_label', 'check_same_size',
            'parallel_map', 'default_cache_dir', 'ClassIndex', 'split_validation', 'index_table', 'read_list_file',
            'pascal_items', 'load_coco_json', 'coco_label', 'coco_items', 'DataSpec', 'embedded_class_names',
            'load_index', 'write_synthetic_voc', 'make_episode_list', 'save_episode_list', 'load_episode_list',
@@ -478,16 +478,18 @@ class DataSpec:
         return self.min_pixels or (EMBEDDED_DEFAULTS['min_pixels'] if self.name == 'embedded' else 2 * 32 * 32)
 
 # %% ../nbs/01_data.ipynb #d4eef5d5
+EMBEDDED_LAYOUT = ("an embedded dataset folder written by `sdaanet data generate` (classes.txt, JPEGImages/*.jpg, "
+                   "SegmentationClassAug/*.png, ImageSets/Segmentation/train.txt and val.txt)")
+
 def embedded_class_names(root) -> tuple[str, ...]:
     "The 20 class names in an embedded dataset's `classes.txt`."
-    layout = "an embedded dataset folder written by sdaanet.embedded.generate_embedded (classes.txt, VOC layout)"
-    path = _need(_need(Path(root), layout) / 'classes.txt', layout)
+    path = _need(_need(Path(root), EMBEDDED_LAYOUT) / 'classes.txt', EMBEDDED_LAYOUT)
     names = tuple(s.strip() for s in path.read_text().splitlines() if s.strip())
     if len(names) != 20: raise DataError(f"{path} lists {len(names)} class names; expected 20")
     return names
 
 def load_index(spec: DataSpec, workers: int | None = None, progress: bool = True) -> ClassIndex:
-    "The cached `ClassIndex` of `spec`'s dataset and split (built on first use; see above)."
+    "The cached `ClassIndex` of `spec`'s dataset and split (built on first use; see above); an error when it has no image."
     cache_dir = Path(spec.cache_dir or default_cache_dir())
     if spec.name == 'coco':
         items = coco_items(spec.root, spec.split, cache_dir=cache_dir, progress=progress)
@@ -500,6 +502,10 @@ def load_index(spec: DataSpec, workers: int | None = None, progress: bool = True
     cache_file = cache_dir / f"index-{spec.name}-{spec.split}-{hashlib.sha1(ident.encode()).hexdigest()[:12]}.npz"
     t = index_table(items, len(names), cache_file, workers, progress)
     _warn_skipped(t['skipped'], f"{spec.name} {spec.split} index of {spec.root}")
+    if not t['ids']:
+        layout = {'pascal': VOC_LAYOUT, 'coco': COCO_LAYOUT, 'embedded': EMBEDDED_LAYOUT}[spec.name]
+        raise DataError(f"{spec.root} has no readable {spec.split} image ({len(items)} listed, {len(t['skipped'])} "
+                        f"unreadable); expected {layout}")
     return ClassIndex(spec.name, spec.split, names, folds, min_pixels=spec.threshold(), **t)
 
 # %% ../nbs/01_data.ipynb #b684c7d5

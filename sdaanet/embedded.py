@@ -232,6 +232,8 @@ def generate_embedded(root, seed: int = 0, n_train: int = 2400, n_test: int = 60
                       progress: bool = True) -> Path:
     "Write the embedded benchmark of `seed` to `root` in VOC layout (see above); returns `root`."
     check_positive('n_train', n_train, integer=True); check_positive('n_test', n_test, integer=True)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:        # checked before any folder is made
+        raise ValueError(f"seed={seed!r} is not allowed; expected an integer >= 0")
     lo, hi = size_range
     if not 33 <= lo <= hi: raise ValueError(f"size_range={size_range!r} is not allowed; expected (low, high) with 33 <= low <= high")
     root = Path(root)

@@ -8,13 +8,15 @@ import os
 import torch
 import torch.distributed as dist
 from .core import IGNORE, check_choice
-from .model import SDAANet, ENCODED
+from .model import SDAANet, ENCODED, NonFiniteError, check_inputs, check_mask_values
 
 # %% auto #0
-__all__ = ['AMP_MODES', 'resolve_device', 'init_distributed', 'autocast_dtype', 'to_device', 'encode_batch', 'episode_forward',
-           'NonFiniteError', 'check_batch', 'check_mask_values', 'check_finite']
+__all__ = ['AMP_MODES', 'TORCHRUN_VARIABLES', 'DIST_TIMEOUT', 'resolve_device', 'init_distributed', 'autocast_dtype', 'to_device',
+           'encode_batch', 'episode_forward', 'check_batch', 'check_finite']
 
 # %% ../nbs/06b_engine.ipynb #c2c8a856
+from datetime import timedelta
+
 AMP_MODES = ('auto', 'bf16', 'fp16', 'off')
 
 def resolve_device(name: str = 'auto') -> torch.device:
@@ -25,12 +27,22 @@ def resolve_device(name: str = 'auto') -> torch.device:
         raise ValueError(f"device={name!r} but CUDA is not available on this machine; use device='cpu'")
     return torch.device(name)
 
+TORCHRUN_VARIABLES = ('RANK', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT', 'TORCHELASTIC_RUN_ID')  # torchrun sets them all
+# a rank that never comes fails after this, not gloo's 30 min; NCCL's default, and also the limit of any one collective
+DIST_TIMEOUT = timedelta(minutes=10)
+
 def init_distributed(device: torch.device) -> tuple[int, int]:
-    "Join the torchrun process group when there is one; returns (rank, world size)."
+    """Join the torchrun process group when there is one; returns (rank, world size). `WORLD_SIZE` > 1 without the
+    other variables torchrun sets is an error (a `WORLD_SIZE` left in the shell would wait for ranks that never come)."""
     world = int(os.environ.get('WORLD_SIZE', 1))
     if world == 1: return 0, 1
+    missing = [v for v in TORCHRUN_VARIABLES if v not in os.environ]
+    if missing:
+        raise ValueError(f"WORLD_SIZE={world} but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set, "
+                         "so this process was not launched by torchrun; unset WORLD_SIZE (left from an earlier "
+                         "torchrun?) or launch with torchrun")
     if not dist.is_initialized():
-        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', timeout=DIST_TIMEOUT)
         if device.type == 'cuda': torch.cuda.set_device(device)
     return dist.get_rank(), world
 
@@ -63,31 +75,16 @@ def encode_batch(model: SDAANet, encoder, batch: dict) -> dict:
     return {**{k: v for k, v in batch.items() if k not in ('query_img', 'support_imgs')}, 'features': dict(zip(ENCODED, enc))}
 
 def episode_forward(net, batch: dict, losses: bool = False, return_maps: bool = False) -> dict:
-    """The model on an episode batch (checked by `check_batch`): images (`query_img`, `support_imgs`) or cached
-    encoder `features`; the query mask goes in only when `losses` are wanted (training), so inference never sees it."""
-    check_batch(batch)
+    """The model on an episode batch (checked by the model's `check_inputs`): images (`query_img`, `support_imgs`) or
+    cached encoder `features`; the query mask goes in only when `losses` are wanted (training), so inference never sees it."""
     return net(batch.get('query_img'), batch.get('support_imgs'), batch['support_masks'],
                batch['query_mask'] if losses else None, return_maps=return_maps, features=batch.get('features'))
 
 # %% ../nbs/06b_engine.ipynb #1d842c55
-class NonFiniteError(ValueError):
-    "NaN or infinite values in a model's input or output; the message names where (episodes, query ids, files)."
-
 def check_batch(batch: dict) -> None:
-    "`ValueError` naming the key unless the images are float tensors and the support masks hold only 0, 1 and 255."
-    for key in ('query_img', 'support_imgs'):
-        x = batch.get(key)
-        if x is not None and not x.is_floating_point():
-            raise ValueError(f"{key} is a {x.dtype} tensor; expected float images, ImageNet-normalised as the "
-                             "transforms give them")
-    check_mask_values(batch['support_masks'], 'support_masks hold')
-
-def check_mask_values(masks, subject: str) -> None:
-    "`ValueError` ('<subject> the value v; expected ...') unless `masks` (a tensor or an array) hold only 0, 1 and 255."
-    m = torch.as_tensor(masks)
-    odd = (m != 0) & (m != 1) & (m != IGNORE)
-    if odd.any():
-        raise ValueError(f"{subject} the value {m[odd][0].item():g}; expected 0 (background), 1 (object) or {IGNORE} (ignore)")
+    "`check_inputs` on an episode batch: images or cached `features`, support masks, the query mask when present."
+    check_inputs(batch.get('query_img'), batch.get('support_imgs'), batch['support_masks'], batch.get('query_mask'),
+                 batch.get('features'))
 
 def _where(batch: dict, bad: torch.Tensor) -> str:
     "The episodes (with query ids) of the rows `bad` of `batch`."

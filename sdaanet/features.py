@@ -4,7 +4,7 @@
 
 # %% ../nbs/06a_features.ipynb #df982901
 from __future__ import annotations
-import hashlib, os, time
+import hashlib, os, time, warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np
@@ -13,8 +13,10 @@ from tqdm.auto import tqdm
 from .core import IGNORE
 from .data import (ClassIndex, DataSpec, DataError, TrainEpisodes, EvalEpisodes, load_index, read_image,
                           read_label, check_same_size, default_cache_dir)
+from .data import _cache_key as _files_key      # the class index's stamp of its files (path, size, mtime)
 from .transforms import JointTransform
 from .model import SDAANet, ENCODED, folded_backbone
+from .checkpoints import atomic_save
 
 # %% auto #0
 __all__ = ['CACHE_FORMAT', 'FeatureCache', 'build_feature_cache', 'feature_cache', 'CachedTrainEpisodes', 'CachedEvalEpisodes']
@@ -103,10 +105,24 @@ def _encode_batches(backbone, index: ClassIndex, size: int, starts, batch_size: 
 
 # %% ../nbs/06a_features.ipynb #98be6dc6
 def _cache_key(model: SDAANet, index: ClassIndex, size: int) -> str:
+    "The settings, the backbone's weights and the images (each file's path, size and mtime) a cache is built from."
     h = hashlib.sha1(f"{CACHE_FORMAT}|{model.cfg.backbone}|{size}|{index.dataset}|{index.split}|{index.min_pixels}".encode())
     for p in model.backbone.state_dict().values(): h.update(p.detach().cpu().contiguous().numpy().tobytes())  # the weights
-    h.update('\n'.join(index.ids).encode()); h.update(np.ascontiguousarray(index.areas).tobytes())
+    h.update(_files_key(list(zip(index.ids, index.images, index.labels)), index.n_classes).encode())
+    h.update(np.ascontiguousarray(index.areas).tobytes())
     return h.hexdigest()[:16]
+
+def _load_cache(path: Path, key: str) -> FeatureCache | None:
+    """The cache saved at `path` when it is there and has `key`; an unreadable one (truncated, damaged) is moved aside
+    to `<name>.corrupt` with a warning, so that it is rebuilt."""
+    if not path.exists(): return None
+    try: d = torch.load(path, map_location='cpu', weights_only=False, mmap=True)   # shared pages, no copy
+    except Exception as e:      # torch's zip reader, the unpickler, ...: whatever fails, the file is damaged
+        aside = path.with_name(path.name + '.corrupt'); os.replace(path, aside)
+        warnings.warn(f"feature cache {path} is unreadable ({str(e).strip().splitlines()[0][:120]}); moved it to "
+                      f"{aside.name} and rebuilding it", stacklevel=3)
+        return None
+    return FeatureCache.from_state(d) if d.get('format') == CACHE_FORMAT and d.get('key') == key else None
 
 def feature_cache(model: SDAANet, spec: DataSpec, index: ClassIndex | None = None, progress: bool = True,
                   parts: int = 1) -> FeatureCache:
@@ -118,14 +134,12 @@ def feature_cache(model: SDAANet, spec: DataSpec, index: ClassIndex | None = Non
     size = spec.transform().size
     key = _cache_key(model, index, size)
     path = Path(spec.cache_dir or default_cache_dir()) / f"features-{spec.name}-{spec.split}-{size}-{key}.pt"
-    if path.exists():
-        d = torch.load(path, map_location='cpu', weights_only=False, mmap=True)   # shared pages, no copy
-        if d.get('format') == CACHE_FORMAT and d.get('key') == key: return FeatureCache.from_state(d)
+    cache = _load_cache(path, key)
+    if cache is not None: return cache
     t0 = time.perf_counter()
     cache = build_feature_cache(model, index, size, progress=progress, parts=parts)
     cache.key = key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f'.{os.getpid()}.tmp'); torch.save(cache.state(), tmp); tmp.replace(path)
+    atomic_save(cache.state(), path)
     if progress: print(f"feature cache {path.name}: {len(cache)} images, {len(cache.pairs)} pairs in {time.perf_counter() - t0:.1f} s")
     return cache
 

@@ -8,30 +8,62 @@ from fastcore.basics import patch
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .core import ModelConfig
+from .core import IGNORE, ModelConfig
 from .backbones import build_backbone
 from .modules import SDPM, SAAM, FeatureEnrichmentDecoder, SeededDropout2d, masked_gap, prior_mask, resize
 from .losses import loss_terms
 
 # %% auto #0
-__all__ = ['ENCODED', 'SDAANet', 'head_prior', 'fold_batchnorm', 'folded_backbone', 'inference_copy']
+__all__ = ['ENCODED', 'NonFiniteError', 'check_mask_values', 'check_inputs', 'SDAANet', 'head_prior', 'fold_batchnorm',
+           'folded_backbone', 'inference_copy']
 
 # %% ../nbs/05_model.ipynb #903089c0
 ENCODED = ('q2', 'q3', 'q4', 's2', 's3', 's4', 'masks')   # the frozen encoder's outputs, in `encode`'s order
 
-def _check_inputs(query_img, support_imgs, support_masks, query_mask):
-    "Shape checks with errors that say what was expected."
-    if query_img.dim() != 4 or query_img.shape[1] != 3:
-        raise ValueError(f"query_img must be (B, 3, H, W), got {tuple(query_img.shape)}")
-    B = query_img.shape[0]
-    if support_imgs.dim() != 5 or support_imgs.shape[0] != B or support_imgs.shape[2] != 3:
-        raise ValueError(f"support_imgs must be (B={B}, K, 3, H, W), got {tuple(support_imgs.shape)}")
-    if support_masks.shape != support_imgs.shape[:2] + support_imgs.shape[3:]:
-        raise ValueError(f"support_masks must be {tuple(support_imgs.shape[:2] + support_imgs.shape[3:])} "
-                         f"(B, K, H, W) to match support_imgs, got {tuple(support_masks.shape)}")
-    if query_mask is not None and query_mask.shape != (B,) + query_img.shape[2:]:
-        raise ValueError(f"query_mask must be {(B,) + tuple(query_img.shape[2:])} (B, H, W), "
-                         f"got {tuple(query_mask.shape)}")
+class NonFiniteError(ValueError):
+    "NaN or infinite values in a model's input or output; the message names where (episodes, query ids, files)."
+
+def _odd_mask(m: torch.Tensor) -> torch.Tensor: return (m != 0) & (m != 1) & (m != IGNORE)
+
+def check_mask_values(masks, subject: str) -> None:
+    "`ValueError` ('<subject> the value v; expected ...') unless `masks` (a tensor or an array) hold only 0, 1 and 255."
+    m = torch.as_tensor(masks)
+    odd = _odd_mask(m)
+    if odd.any():
+        raise ValueError(f"{subject} the value {m[odd][0].item():g}; expected 0 (background), 1 (object) or {IGNORE} (ignore)")
+
+def check_inputs(query_img=None, support_imgs=None, support_masks=None, query_mask=None, features=None) -> None:
+    """The one check of what enters the model (`SDAANet.forward`, and the ensemble trainer through `check_batch`):
+    shapes, float images, finite images or cached `features`, masks of 0, 1 and 255 only. A `ValueError`
+    (`NonFiniteError` for NaN or infinity) names the tensor and the batch rows; a valid input costs one device sync."""
+    if features is None:
+        if query_img.dim() != 4 or query_img.shape[1] != 3:
+            raise ValueError(f"query_img must be (B, 3, H, W), got {tuple(query_img.shape)}")
+        B = query_img.shape[0]
+        if support_imgs.dim() != 5 or support_imgs.shape[0] != B or support_imgs.shape[2] != 3:
+            raise ValueError(f"support_imgs must be (B={B}, K, 3, H, W), got {tuple(support_imgs.shape)}")
+        if support_masks.shape != support_imgs.shape[:2] + support_imgs.shape[3:]:
+            raise ValueError(f"support_masks must be {tuple(support_imgs.shape[:2] + support_imgs.shape[3:])} "
+                             f"(B, K, H, W) to match support_imgs, got {tuple(support_masks.shape)}")
+        if query_mask is not None and query_mask.shape != (B,) + query_img.shape[2:]:
+            raise ValueError(f"query_mask must be {(B,) + tuple(query_img.shape[2:])} (B, H, W), "
+                             f"got {tuple(query_mask.shape)}")
+        for name, x in (('query_img', query_img), ('support_imgs', support_imgs)):
+            if not x.is_floating_point():
+                raise ValueError(f"{name} is a {x.dtype} tensor; expected float images, ImageNet-normalised as the "
+                                 "transforms give them")
+    values = {'query_img': query_img, 'support_imgs': support_imgs} if features is None else \
+             {f'features.{k}': v for k, v in features.items()}
+    masks = {'support_masks hold': support_masks, **({'query_mask holds': query_mask} if query_mask is not None else {})}
+    ok = torch.stack([torch.stack(torch.aminmax(x)).isfinite().all() for x in values.values()]     # NaN spreads to both
+                     + [~_odd_mask(m).any() for m in masks.values()])
+    if bool(ok.all()): return                                                   # the one sync of a valid input
+    for name, x in values.items():
+        rows = ~torch.isfinite(x.flatten(1)).all(1)
+        if rows.any():
+            raise NonFiniteError(f"{name} is NaN or infinite in batch row(s) "
+                                 f"{torch.nonzero(rows.cpu()).flatten().tolist()}; expected finite inputs")
+    for subject, m in masks.items(): check_mask_values(m, subject)
 
 # %% ../nbs/05_model.ipynb #db543854
 class SDAANet(nn.Module):
@@ -115,13 +147,14 @@ def forward(self: SDAANet, query_img=None, support_imgs=None, support_masks=None
     tensors by name (`ENCODED`, e.g. from a feature cache); the output size is then the support masks' (H', W').
     Returns a dict: `logits` (B,2,H,W); `losses` (main, aux, kd, support, total) in training mode when
     `query_mask` is given; `maps` when `return_maps`."""
-    if features is None:
-        _check_inputs(query_img, support_imgs, support_masks, query_mask)
-        out_size, encoded = query_img.shape[-2:], self.encode(query_img, support_imgs, support_masks)
-    else:
+    if features is not None:
         missing = [k for k in ENCODED if k not in features]
         if missing or query_img is not None or support_imgs is not None:
             raise ValueError(f"features must hold {ENCODED} (missing {missing}) and come without images")
+    check_inputs(query_img, support_imgs, support_masks, query_mask, features)
+    if features is None:
+        out_size, encoded = query_img.shape[-2:], self.encode(query_img, support_imgs, support_masks)
+    else:
         out_size, encoded = support_masks.shape[-2:], [features[k] for k in ENCODED]
     if self.training and self.saam is not None and support_masks.shape[0] < 2:
         raise ValueError("training with SAAM needs a batch of at least 2 episodes: the 1x1 bin of its pyramid "

@@ -4,14 +4,14 @@
 
 # %% ../nbs/09_runs.ipynb #78d08bbd
 from __future__ import annotations
-import dataclasses, json, os, time
+import dataclasses, json, os, time, warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import pandas as pd
 import torch
 import torch.distributed as dist
-from .core import ModelConfig, Settings, check_choice, check_positive, model_config, preset_section, seed_everything
+from .core import ModelConfig, Settings, PRESETS, check_choice, check_positive, check_types, model_config, preset_section, seed_everything
 from .data import DataSpec, DATASETS, EvalEpisodes, TrainEpisodes, split_validation, TEST_EPISODES, load_index, make_episode_list, save_episode_list
 from .model import SDAANet, inference_copy
 from .features import feature_cache, CachedTrainEpisodes, CachedEvalEpisodes
@@ -21,14 +21,14 @@ from .engine import resolve_device, init_distributed, AMP_MODES
 from .evaluate import EvalResult, SegMetrics, evaluate, aggregate_seeds, eval_seeds, SCORINGS, MULTISCALE, PAPER_SCALES
 
 # %% auto #0
-__all__ = ['SECTIONS', 'EvalConfig', 'DataConfig', 'RunConfig', 'run_config', 'parse_overrides', 'data_spec', 'evaluate_episodes',
-           'eval_scales', 'eval_caches', 'run_eval', 'run_train', 'BudgetScores']
+__all__ = ['SECTIONS', 'MIN_SIZE', 'EvalConfig', 'DataConfig', 'data_spec', 'RunConfig', 'run_config', 'parse_overrides',
+           'evaluate_episodes', 'eval_scales', 'eval_caches', 'eval_size', 'run_eval', 'run_train', 'BudgetScores']
 
 # %% ../nbs/09_runs.ipynb #00d0bed6
 @dataclass
 class EvalConfig(Settings):
     "How a run is evaluated: `seeds` rounds of test episodes from `first_seed` (the paper's five rounds: 5)."
-    _what = 'evaluation setting'
+    _what, _section = 'evaluation setting', 'eval'
     seeds: int = 1
     first_seed: int = 321
     episodes: int | None = None      # per fold and seed; None: 1000 PASCAL, 4000 COCO, 1000 embedded
@@ -42,7 +42,10 @@ class EvalConfig(Settings):
     allow_seen_classes: bool = False # evaluate a checkpoint on a fold whose classes it trained on (recorded in the summary)
 
     def __post_init__(self):
+        self.check_types()
         for key in ('seeds', 'batch_size'): check_positive(key, getattr(self, key), integer=True)
+        for key in ('first_seed', 'workers'):
+            if getattr(self, key) < 0: raise ValueError(f"eval.{key}={getattr(self, key)} is not allowed; expected an integer >= 0")
         if self.episodes is not None: check_positive('episodes', self.episodes, integer=True)
         if self.size is not None: check_positive('size', self.size, integer=True)
         check_choice('scoring', self.scoring, SCORINGS); check_choice('multiscale', self.multiscale, MULTISCALE)
@@ -60,7 +63,7 @@ class DataConfig(Settings):
     relative to the data root (the released code's `voc_sbd_merge_noduplicate.txt` and `val.txt`); None: the
     package's own lists (see the data notebook). `sbd`: the SBD release folder when there is no
     SegmentationClassAug/."""
-    _what = 'data setting'
+    _what, _section = 'data setting', 'data'
     train_list: str | None = None
     test_list: str | None = None
     sbd: str | None = None
@@ -76,8 +79,17 @@ class DataConfig(Settings):
                 raise ValueError(f"data.{key}={value!r}: no such {'folder' if key == 'sbd' else 'file'}; expected "
                                  + ("the SBD release folder" if key == 'sbd' else "a list file of 'image label' lines"))
 
+# %% ../nbs/09_runs.ipynb #c0ed339c
+def data_spec(cfg: RunConfig, split: str) -> DataSpec:
+    "The `DataSpec` of `cfg`'s training ('train') or test ('test') split."
+    size = cfg.train_size if split == 'train' else cfg.eval.size
+    return DataSpec(cfg.dataset, cfg.data_root, fold=cfg.fold, shots=cfg.shots, split=split, protocol=cfg.protocol,
+                    size=size, coco_split=cfg.coco_split, cache_dir=cfg.cache_dir, sbd=cfg.data.sbd,
+                    list_file=cfg.data.train_list if split == 'train' else cfg.data.test_list)
+
 # %% ../nbs/09_runs.ipynb #ebbba1ac
 SECTIONS = {'model': ModelConfig, 'train': TrainConfig, 'eval': EvalConfig, 'data': DataConfig}
+MIN_SIZE = 9                     # the smallest input size: its stride-8 feature map is 2x2
 
 @dataclass
 class RunConfig:
@@ -98,13 +110,15 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self):
-        check_choice('dataset', self.dataset, DATASETS); check_choice('fold', self.fold, range(4))
-        check_positive('shots', self.shots, integer=True); check_choice('protocol', self.protocol, ('official', 'paper'))
         for key in ('data_root', 'cache_dir'):
             value = getattr(self, key)
             if isinstance(value, os.PathLike): setattr(self, key, value := os.fspath(value))
             if not (isinstance(value, str) and value) and not (key == 'cache_dir' and value is None):
                 raise ValueError(f"{key}={value!r} is not allowed; expected a folder path")
+        check_types(self)
+        check_choice('dataset', self.dataset, DATASETS); check_choice('fold', self.fold, range(4))
+        check_positive('shots', self.shots, integer=True); check_choice('protocol', self.protocol, ('official', 'paper'))
+        check_choice('preset', self.preset, PRESETS)
         if self.eval.scoring == 'original' and self.protocol != 'paper':
             raise ValueError("eval.scoring='original' needs protocol='paper' (the letterboxed evaluation); "
                              "the official protocol scores the resized label")
@@ -120,6 +134,21 @@ class RunConfig:
         if self.dataset == 'coco' and (self.data.train_list or self.data.test_list or self.data.sbd):
             raise ValueError("data.train_list, data.test_list and data.sbd are for PASCAL-layout datasets; "
                              "COCO-20i reads its annotation files")
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """Input sizes whose stride-8 feature map is at least 2x2 (an error); decoder bins (in cells) larger than the
+        largest feature map, which only upsample it (a warning; the released PASCAL bins fit the 473-pixel test map)."""
+        train_size, eval_size = (data_spec(self, split).transform().size for split in ('train', 'test'))
+        sizes = {f'train_size={train_size}': train_size, f'eval.size={eval_size}': eval_size,
+                 **{f'eval.scales entry {s}': s for s in self.eval.scales or ()}}
+        for what, size in sizes.items():
+            if size < MIN_SIZE:
+                raise ValueError(f"{what} is not allowed; expected at least {MIN_SIZE} pixels (a feature map of 2x2 at stride 8)")
+        largest = max(sizes.values()); cells = -(-largest // 8)
+        if any(b > cells for b in self.model.decoder_bins if b > 1):
+            warnings.warn(f"model.decoder_bins={list(self.model.decoder_bins)}: bins larger than the largest feature map "
+                          f"({cells}x{cells}, at {largest} pixels) only upsample it", stacklevel=3)
 
     def to_dict(self) -> dict: return json.loads(json.dumps(asdict(self)))
 
@@ -138,7 +167,12 @@ def run_config(preset: str = 'embedded', **overrides) -> RunConfig:
     base = {**preset_section(preset, 'run'), 'preset': preset}
     sections = {'model': asdict(model_config(preset)), 'train': asdict(train_config(preset)),
                 'eval': dict(preset_section(preset, 'eval')), 'data': {}}
-    for key in SECTIONS: sections[key] = {**sections[key], **overrides.pop(key, {})}
+    for key in SECTIONS:
+        extra = overrides.pop(key, {})
+        if not isinstance(extra, dict):
+            raise ValueError(f"{key}={extra!r} is not allowed; {key} is a section: expected {key}.KEY=VALUE "
+                             f"(e.g. {key}.{dataclasses.fields(SECTIONS[key])[0].name}=...)")
+        sections[key] = {**sections[key], **extra}
     return RunConfig.from_dict({**base, **overrides, **sections})
 
 def parse_overrides(items: list[str]) -> dict:
@@ -154,16 +188,10 @@ def parse_overrides(items: list[str]) -> dict:
         if dot:
             if section not in SECTIONS: raise ValueError(f"override {item!r}: unknown section {section!r}; expected one of {sorted(SECTIONS)}")
             out.setdefault(section, {})[name] = value
+        elif key == 'preset':
+            raise ValueError(f"override {item!r} is not allowed; choose the preset with --preset, then override its keys")
         else: out[key] = value
     return out
-
-# %% ../nbs/09_runs.ipynb #c0ed339c
-def data_spec(cfg: RunConfig, split: str) -> DataSpec:
-    "The `DataSpec` of `cfg`'s training ('train') or test ('test') split."
-    size = cfg.train_size if split == 'train' else cfg.eval.size
-    return DataSpec(cfg.dataset, cfg.data_root, fold=cfg.fold, shots=cfg.shots, split=split, protocol=cfg.protocol,
-                    size=size, coco_split=cfg.coco_split, cache_dir=cfg.cache_dir, sbd=cfg.data.sbd,
-                    list_file=cfg.data.train_list if split == 'train' else cfg.data.test_list)
 
 # %% ../nbs/09_runs.ipynb #edafaa17
 def _all_ranks(metrics: SegMetrics, classes, world: int) -> SegMetrics:
@@ -219,6 +247,17 @@ def _check_fold(model, cfg: RunConfig) -> int | None:
                          "(eval.allow_seen_classes=true evaluates it anyway, recorded in eval_summary.json)")
     return fold
 
+def eval_size(model, cfg: RunConfig, released: bool = False) -> tuple[RunConfig, str]:
+    """`cfg` with the evaluation size for `model`, and where it comes from: `eval.size` when set; else the protocol's,
+    unless our checkpoint says the model was trained at another size than `cfg` trains at (a smoke model evaluated
+    with the embedded preset): then the size it was trained at."""
+    if cfg.eval.size is not None: return cfg, f'eval.size={cfg.eval.size}'
+    trained = None if released else (getattr(model, 'trained_on', None) or {}).get('input_size')
+    size = data_spec(cfg, 'test').transform().size
+    if trained is None or trained == data_spec(cfg, 'train').transform().size: return cfg, f'the protocol ({size} px)'
+    return (dataclasses.replace(cfg, eval=cfg.eval.replace(size=trained)),
+            f'the checkpoint (trained at {trained} px; the protocol would take {size} px; set eval.size to choose)')
+
 def run_eval(cfg: RunConfig, out_dir, model: SDAANet | None = None, checkpoint=None, released=None,
              device: str | None = None, progress: bool = True) -> dict:
     """Evaluate a model (given, our `checkpoint`, a `released` checkpoint, or else the run's own selected
@@ -246,6 +285,7 @@ def _run_eval(cfg: RunConfig, out_dir: Path, model, checkpoint, released, dev, r
             name = 'last.pth' if cfg.train.select == 'last' else 'best.pth'
             model, _ = load_checkpoint(checkpoint or out_dir / 'checkpoints' / name)
     trained_fold = _check_fold(model, cfg)
+    cfg, size_from = eval_size(model, cfg, released is not None)
     fast = inference_copy(model.to(dev))
     index = load_index(data_spec(cfg, 'test'), progress=progress and rank == 0)
     cache, pyramid = eval_caches(model, cfg, index, progress and rank == 0)
@@ -263,7 +303,8 @@ def _run_eval(cfg: RunConfig, out_dir: Path, model, checkpoint, released, dev, r
            'fb_iou': float(summary.query("metric == 'FB-IoU'")['mean'].iloc[0]),
            'seeds': list(results), 'episodes_per_seed': n, 'seconds': round(time.perf_counter() - t0, 2),
            'trained_fold': trained_fold, 'seen_classes': trained_fold not in (None, cfg.fold),
-           'allow_seen_classes': cfg.eval.allow_seen_classes,
+           'allow_seen_classes': cfg.eval.allow_seen_classes, 'eval_size': data_spec(cfg, 'test').transform().size,
+           'eval_size_from': size_from,
            'per_seed': {str(s): r.summary() for s, r in results.items()}}
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -18,15 +18,16 @@ from .model import SDAANet
 from .data import load_index
 from .features import feature_cache
 from .runs import RunConfig, run_config, parse_overrides, data_spec, eval_caches
+from .train import run_lock
 from .evaluate import PAPER_SCALES
 from .report import build_report, environment
 
 # %% auto #0
 __all__ = ['METHODS', 'MATRICES', 'DISCREPANCIES', 'REGISTRY_COLUMNS', 'SCHEDULERS', 'LOST', 'study_matrix', 'discrepancy_matrix',
-           'check_train_seeds', 'overrides_for', 'run_parameters', 'study_run_config', 'params_hash', 'Registry',
-           'run_notebook_path', 'execute_run', 'collapsed_seeds', 'cluster_options', 'check_scheduler', 'local_cluster',
-           'jobqueue_cluster', 'study_client', 'run_threads', 'small_eval_size', 'run_study', 'eval_run_configs',
-           'prepare', 'study']
+           'check_train_seeds', 'overrides_for', 'check_overrides', 'run_parameters', 'study_run_config', 'params_hash',
+           'Registry', 'run_notebook_path', 'execute_run', 'collapsed_seeds', 'cluster_options', 'check_scheduler',
+           'local_cluster', 'jobqueue_cluster', 'study_client', 'run_threads', 'small_eval_size', 'run_study',
+           'eval_run_configs', 'prepare', 'study']
 
 # %% ../nbs/12_study.ipynb #c536fb61
 METHODS = {'baseline': dict(use_sdpm=False, use_saam=False), 'saam': dict(use_sdpm=False, use_saam=True),
@@ -86,15 +87,23 @@ def check_train_seeds(seeds) -> list[int]:
         raise ValueError(f"train_seeds={seeds!r} is not allowed; expected distinct integers >= 0, at least one")
     return seeds
 
+def _target(item: str) -> tuple[str | None, str]:
+    "(run id, `KEY=VALUE`) of a `RUN_ID:KEY=VALUE` override; (None, item) of a plain one."
+    target, sep, rest = item.partition(':')
+    return (target, rest) if sep and '=' not in target else (None, item)
+
 def overrides_for(run_id: str, extra) -> list[str]:
     "The `extra` overrides that apply to `run_id`: plain `KEY=VALUE` ones, and `RUN_ID:KEY=VALUE` ones for this run."
-    out = []
+    return [rest for target, rest in map(_target, extra) if target in (None, run_id)]
+
+def check_overrides(extra, run_ids) -> None:
+    "`ValueError` naming the override unless each parses (`parse_overrides`) and each `RUN_ID:` names one of `run_ids`."
     for item in extra:
-        target, sep, rest = item.partition(':')
-        if sep and '=' not in target:
-            if target == run_id: out.append(rest)
-        else: out.append(item)
-    return out
+        target, rest = _target(item)
+        if target is not None and target not in run_ids:
+            raise ValueError(f"override {item!r}: {target!r} is not a run of this study; expected RUN_ID:KEY=VALUE "
+                             f"with a run id like {sorted(run_ids)[0]!r}")
+        parse_overrides([rest])
 
 def run_parameters(run: dict, preset: str, data_root: str | None, device: str, out_dir: Path,
                    extra: list[str] = (), train_seeds=None) -> dict:
@@ -253,6 +262,9 @@ def check_scheduler(scheduler: str, gpus=None, cluster_config=None, retries: int
     if gpus and scheduler != 'local':
         raise ValueError(f"gpus={gpus!r} pins the workers of the local cluster; with scheduler={scheduler!r} each worker "
                          "uses the GPU its job or process was given")
+    if gpus and max(gpus) >= (n := torch.cuda.device_count()):
+        raise ValueError(f"gpus={gpus!r}: this machine has {n} CUDA device(s)" + (f" (ids 0-{n - 1})" if n else "") +
+                         "; expected their ids, or no gpus (--jobs) to run on the CPU")
     if (cluster_config is not None) != (scheduler in ('slurm', 'pbs')):
         raise ValueError(f"cluster_config={cluster_config!r} with scheduler={scheduler!r}: scheduler='slurm' or 'pbs' "
                          "needs a cluster config file (YAML or JSON), and only they take one")
@@ -264,8 +276,30 @@ def _new_scheduler():
     "Settings of the schedulers started here: a worker holds only the run it executes (none waits behind it)."
     return dask.config.set({'distributed.scheduler.worker-saturation': 1.0})
 
+def _check_main_guard() -> None:
+    """`RuntimeError` when a script calls this from its top level, not under `if __name__ == '__main__':`: each local
+    worker process (spawned) imports the script again, which would run the call again, and Dask's "Nanny failed to
+    start" would follow."""
+    import ast
+    main = sys.modules['__main__']
+    path = getattr(main, '__file__', None)
+    if path is None: return                          # an interactive session or a notebook: nothing is re-imported
+    frame = sys._getframe()
+    while frame is not None and not (frame.f_globals is main.__dict__ and frame.f_code.co_name == '<module>'):
+        frame = frame.f_back
+    if frame is None: return
+    try: tree = ast.parse(Path(path).read_text())
+    except (OSError, SyntaxError, ValueError): return  # no source to read (a zip app, a frozen program)
+    line = frame.f_lineno
+    if not any(isinstance(s, ast.If) and '__name__' in ast.unparse(s.test) and s.lineno <= line <= s.end_lineno
+               for s in tree.body):
+        raise RuntimeError(f"{path}:{line} starts the study's local Dask cluster at the top level of the script; each "
+                           "worker process imports the script again and would run it again: put the call under "
+                           "`if __name__ == '__main__':`")
+
 def local_cluster(jobs: int = 1, gpus=None, retries: int = 0) -> LocalCluster:
     "A `LocalCluster` of `jobs` one-thread worker processes, or of one per GPU of `gpus` that sees only that GPU."
+    _check_main_guard()
     with _new_scheduler():
         cluster = LocalCluster(n_workers=0 if gpus else jobs, threads_per_worker=1, processes=True, memory_limit=0,
                                dashboard_address=':0', scheduler_kwargs={'allowed_failures': retries},
@@ -366,20 +400,22 @@ def run_study(study_dir, preset: str = 'embedded', data_root: str | None = None,
     study = preset_section(preset, 'study'); check_positive('jobs', jobs, integer=True)
     check_scheduler(scheduler, gpus, cluster_config, retries)
     runs = study_matrix(folds, study['multiscale'], matrix, small_eval_size(preset))
+    check_overrides(extra, {r['run_id'] for r in runs})
     study_dir = Path(study_dir).resolve()      # absolute in the registry: whatever the working directory of a later reader
     study_dir.mkdir(parents=True, exist_ok=True)
     if only is not None:
         unknown = sorted(set(only) - {r['run_id'] for r in runs})
         if unknown: raise ValueError(f"only={unknown} are not runs of this study; expected ids like {runs[0]['run_id']!r}")
         runs = [r for r in runs if r['run_id'] in only]
-    reg = Registry(study_dir / 'registry.csv')
-    todo = _queue(runs, reg, preset, data_root, device, study_dir, extra, retry_failed, progress, train_seeds)
-    threads = run_threads(preset, device, (len(gpus) if gpus else jobs) if scheduler == 'local' else None)
-    if todo:
-        prepare(todo, threads)
-        with study_client(scheduler, jobs, gpus, cluster_config, retries) as client:
-            _execute(client, todo, threads, retries, reg, progress)
-    return reg.frame()
+    with run_lock(study_dir):                  # one study process per folder: a second one is refused by name
+        reg = Registry(study_dir / 'registry.csv')
+        todo = _queue(runs, reg, preset, data_root, device, study_dir, extra, retry_failed, progress, train_seeds)
+        threads = run_threads(preset, device, (len(gpus) if gpus else jobs) if scheduler == 'local' else None)
+        if todo:
+            prepare(todo, threads)
+            with study_client(scheduler, jobs, gpus, cluster_config, retries) as client:
+                _execute(client, todo, threads, retries, reg, progress)
+        return reg.frame()
 
 # %% ../nbs/12_study.ipynb #f7012569
 def eval_run_configs(cfg: RunConfig, evals) -> list[RunConfig]:

@@ -18,8 +18,8 @@ from .engine import AMP_MODES, resolve_device, init_distributed, autocast_dtype,
 from .checkpoints import CHECKPOINT_FORMAT, CheckpointError, _read, check_state_dict, save_checkpoint
 
 # %% auto #0
-__all__ = ['SELECTIONS', 'OPTIMIZERS', 'SCHEDULES', 'LOCK_FILE', 'RESUME_MODES', 'GROWABLE', 'RUN_MARKS', 'RUN_OUTPUTS',
-           'TrainConfig', 'train_config', 'poly_lr', 'make_optimizer', 'EpochSampler', 'SeededEpisodes',
+__all__ = ['SELECTIONS', 'OPTIMIZERS', 'SCHEDULES', 'LOCK_FILE', 'RESUME_MODES', 'GROWABLE', 'PATH_KEYS', 'RUN_MARKS',
+           'RUN_OUTPUTS', 'TrainConfig', 'train_config', 'poly_lr', 'make_optimizer', 'EpochSampler', 'SeededEpisodes',
            'NonFiniteLossError', 'RunLog', 'train_step', 'episode_batches', 'Validation', 'RunLockedError', 'run_lock',
            'setting_changes', 'describe_changes', 'held_run', 'clear_run', 'resume_point', 'train']
 
@@ -31,7 +31,7 @@ SCHEDULES = ('poly', 'constant')
 @dataclass
 class TrainConfig(Settings):
     "How a model is trained; see the presets above. `max_iters` caps a run (a `poly` schedule decays to 0 there)."
-    _what = 'training setting'
+    _what, _section = 'training setting', 'train'
     epochs: int = 200
     max_iters: int | None = None
     batch_size: int = 4
@@ -56,7 +56,9 @@ class TrainConfig(Settings):
     device: str = 'auto'              # 'auto' (cuda when available), 'cpu', 'cuda', 'cuda:N'
 
     def __post_init__(self):
+        self.check_types()
         for key in ('epochs', 'batch_size', 'log_every'): check_positive(key, getattr(self, key), integer=True)
+        if self.seed < 0: raise ValueError(f"train.seed={self.seed} is not allowed; expected an integer >= 0")
         for key in ('max_iters', 'checkpoint_every', 'patience', 'val_episodes'):
             if getattr(self, key) is not None: check_positive(key, getattr(self, key), integer=True)
         for key in ('base_lr', 'lr_scale', 'power'): check_positive(key, getattr(self, key))
@@ -154,9 +156,20 @@ def _tensorboard(out_dir: Path):
     return SummaryWriter(str(out_dir / 'tensorboard'))
 
 def _trim_log(path: Path, iteration: int) -> None:
-    "Keep the log rows up to `iteration` (a resumed run continues from there)."
+    """Keep the log rows up to `iteration` (a resumed run continues from there). A cut last line, what a killed
+    writer leaves, is dropped with a warning; a broken line before it is an error naming the file and the line."""
     if not path.exists(): return
-    rows = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)['iteration'] <= iteration]
+    lines = [(n, l) for n, l in enumerate(path.read_text().splitlines(), 1) if l.strip()]
+    rows = []
+    for k, (n, line) in enumerate(lines):
+        try: row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if k < len(lines) - 1:
+                raise ValueError(f"{path}:{n}: not a JSON row ({e}); expected one JSON object per line (repair or "
+                                 "delete that line, or start the run anew with --overwrite)") from None
+            warnings.warn(f"{path}: dropped 1 cut last line (line {n}), left by a killed run", stacklevel=3)
+            continue
+        if row['iteration'] <= iteration: rows.append(line)
     path.write_text(''.join(r + '\n' for r in rows))
 
 class RunLog:
@@ -284,10 +297,18 @@ def _flat(d: dict, prefix: str = '') -> dict:
         else: out[prefix + k] = v
     return out
 
+PATH_KEYS = ('data_root', 'cache_dir', 'data.train_list', 'data.test_list', 'data.sbd')
+
+def _same(key: str, old, new) -> bool:
+    "Equal settings; paths are equal when they name the same file or folder (`data/x` and `/home/me/data/x`)."
+    if old == new: return True
+    return key in PATH_KEYS and isinstance(old, str) and isinstance(new, str) and \
+        Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
+
 def setting_changes(old: dict, new: dict) -> dict:
-    "`{dotted key: (old, new)}` of the settings that both nested dicts record and that differ."
+    "`{dotted key: (old, new)}` of the settings that both nested dicts record and that differ (see `_same`)."
     a, b = _flat(old), _flat(new)
-    return {k: (a[k], v) for k, v in b.items() if k in a and a[k] != v}
+    return {k: (a[k], v) for k, v in b.items() if k in a and not _same(k, a[k], v)}
 
 def describe_changes(changes: dict) -> str: return ', '.join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
 

@@ -124,6 +124,30 @@ def _train(files, out, *sets):
     (['data_root=5'], ['data_root=5']),
     (['eval.scoring=original'], ["protocol='paper'"]),
     (['model.kshot_strategy=integral', 'model.variant=official'], ["variant='paper'"]),
+    # wrong types and non-finite numbers, named with their section (the type each field is annotated with)
+    (['train=5'], ['train=5', 'train.KEY=VALUE']),
+    (['preset=pascal'], ["'preset=pascal'", '--preset']),
+    (['train.seed=-1'], ['train.seed=-1', 'integer >= 0']),
+    (['train.seed=abc'], ["train.seed='abc'", 'an integer']),
+    (['train.seed=1.5'], ['train.seed=1.5', 'an integer']),
+    (['eval.first_seed=abc'], ["eval.first_seed='abc'"]),
+    (['eval.workers=-1'], ['eval.workers=-1']),
+    (['train.workers=true'], ['train.workers=True', 'an integer']),
+    (['train.max_iters=1.5'], ['train.max_iters=1.5']),
+    (['train.device=0'], ['train.device=0', 'a string']),
+    (['model.device=0'], ["unknown model setting 'device'"]),
+    (['model.saam_bins=0.5'], ['model.saam_bins=0.5', 'a list of numbers']),
+    (['model.saam_bins=[1, 2.5]'], ['saam_bins entry 2.5', 'whole number']),
+    (['model.decoder_bins=[60.5]'], ['decoder_bins entry 60.5']),
+    (['model.backbone_weights=5'], ['model.backbone_weights=5', 'a string or null']),
+    (['train.base_lr=Infinity'], ['train.base_lr=inf', 'finite']),
+    (['model.fg_weight=NaN'], ['model.fg_weight=nan', 'finite']),
+    (['model.alpha=NaN'], ['model.alpha=nan', 'finite']),
+    (['fold=true'], ['fold=True', 'an integer']),
+    # sizes that cannot work: a stride-8 feature map under 2x2
+    (['train_size=7'], ['train_size=7', 'at least 9 pixels']),
+    (['eval.size=8'], ['eval.size=8', 'at least 9 pixels']),
+    (['eval.scales=[4, 65]'], ['eval.scales entry 4']),
 ])
 def test_bad_settings_are_refused_before_anything_is_written(files, sets, names, capsys, tmp_path):
     out = tmp_path / 'run'
@@ -267,6 +291,28 @@ def test_train_overwrite_replaces_the_run(files, finished, capsys, tmp_path):
     assert not (run / 'checkpoints' / 'best.pth').exists() and (run / 'checkpoints' / 'last.pth').exists()
 
 
+def test_resume_with_the_data_root_written_another_way(files, finished, tmp_path, monkeypatch):
+    "A run trained with a relative data root resumes with the absolute one (and the other way round)."
+    import os, shutil
+    run = shutil.copytree(finished, tmp_path / 'run')
+    monkeypatch.chdir(files['root'].parent)
+    relative = os.path.relpath(files['root'])
+    argv = [a if a != str(files['root']) else relative for a in map(str, _train(files, run))]
+    assert main(argv + ['--resume', '--set', 'train.max_iters=2']) == 0
+
+def test_eval_takes_the_checkpoints_trained_size_and_says_so(files, finished, capsys, tmp_path):
+    "A smoke checkpoint (trained at 65 px) evaluated with the embedded preset (129 px) is scored at 65 px, and says so."
+    import json
+    ckpt = finished / 'checkpoints' / 'last.pth'
+    base = ['eval', '--preset', 'embedded', '--data-root', files['root'], '--checkpoint', ckpt, '--set', 'eval.episodes=4',
+            '--set', 'eval.workers=0']
+    assert main([str(a) for a in base + ['--out', tmp_path / 'a']]) == 0
+    summary = json.loads((tmp_path / 'a' / 'eval_summary.json').read_text())
+    assert summary['eval_size'] == 65 and 'the checkpoint (trained at 65 px' in summary['eval_size_from']
+    assert main([str(a) for a in base + ['--out', tmp_path / 'b', '--set', 'eval.size=97']]) == 0   # told otherwise
+    summary = json.loads((tmp_path / 'b' / 'eval_summary.json').read_text())
+    assert (summary['eval_size'], summary['eval_size_from']) == (97, 'eval.size=97')
+
 def test_eval_into_a_folder_another_eval_writes(files, capsys, tmp_path):
     "Two evaluations into one --out: the second finds the first's lock (a live process) and is refused."
     import os
@@ -315,3 +361,42 @@ def test_help_never_imports_torch():
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == '[]'
+
+
+def test_study_override_for_one_run(files, capsys, tmp_path, monkeypatch):
+    "`--set RUN_ID:KEY=VALUE` (documented) reaches the study; a RUN_ID that is no run of the study is refused by name."
+    check(['study', '--preset', 'smoke', '--dir', tmp_path / 's', '--set', 'no-such-run:train.max_iters=1'],
+          capsys, 2, "'no-such-run' is not a run of this study")
+    assert not (tmp_path / 's').exists()
+    import sdaanet.study
+    seen = {}
+    monkeypatch.setattr(sdaanet.study, 'study', lambda *a, **kw: seen.setdefault('extra', a[10]))
+    main(['study', '--preset', 'smoke', '--dir', str(tmp_path / 's'), '--set', 'baseline-1shot-separate-fold0:train.max_iters=1'])
+    assert seen['extra'] == ['baseline-1shot-separate-fold0:train.max_iters=1']
+
+
+def test_bench_with_a_preset_that_sets_backbone_weights(capsys):
+    "`sdaanet bench --preset smoke` (whose model has backbone_weights=None) runs: bench always uses random weights."
+    assert main(['bench', '--preset', 'smoke', '--backbone', 'efficientnet_lite0', '--size', '33', '--train-size', '33',
+                 '--repeats', '1', '--warmup', '0', '--device', 'cpu', '--only', 'eval']) in (0, None)
+    assert '"eval"' in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='needs a machine without CUDA')
+def test_study_gpus_without_cuda(capsys, tmp_path):
+    "`--gpus 0` on a machine without CUDA is refused (it used to run on the CPU without a word)."
+    check(['study', '--preset', 'smoke', '--dir', tmp_path / 's', '--gpus', '0'], capsys, 2, 'gpus=[0]', '0 CUDA device')
+    assert not (tmp_path / 's').exists()
+
+
+def test_study_folder_another_study_writes(capsys, tmp_path):
+    "Two studies into one folder: the second finds the first's lock (a live process) and is refused."
+    import os
+    d = tmp_path / 's'; d.mkdir(); (d / '.lock').write_text(str(os.getppid()))
+    check(['study', '--preset', 'smoke', '--dir', d, '--folds', '0'], capsys, 2, f'being written by process {os.getppid()}')
+    assert sorted(p.name for p in d.iterdir()) == ['.lock']
+
+
+def test_predict_threshold_needs_prior_only(files, capsys, tmp_path):
+    "`--threshold` only means something with --prior-only; with a trained model it is refused, not ignored."
+    check(_predict(files, tmp_path) + ['--threshold', '0.3'], capsys, 2, '--threshold 0.3', '--prior-only')

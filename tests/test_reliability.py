@@ -27,7 +27,7 @@ from sdaanet.model import SDAANet
 from sdaanet.predict import predict_files, predict_images, read_rgb, read_support_mask
 from sdaanet.runs import run_config, run_eval, run_train
 from sdaanet.train import NonFiniteLossError, RunLockedError, run_lock, train, train_config
-from fakes import RandomEpisodes
+from fakes import RandomEpisodes, nan_losses
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -201,18 +201,12 @@ def test_stale_lock_is_taken_over_with_one_warning(tmp_path):
     assert not (tmp_path / '.lock').exists()
 
 
-class NaNData(RandomEpisodes):
-    def __getitem__(self, i):
-        ep = super().__getitem__(i)
-        ep['query_img'][:] = float('nan')
-        return ep
-
-
-def test_lock_released_and_no_checkpoint_named_after_a_failed_start(tmp_path, ckpt):
+def test_lock_released_and_no_checkpoint_named_after_a_failed_start(tmp_path, ckpt, monkeypatch):
     "A run that fails before its first checkpoint names none (not a stale last.pth of an earlier run)."
     tmp_path = _copy(ckpt, tmp_path / 'run')                  # an earlier run, replaced
+    nan_losses(monkeypatch)
     with pytest.raises(NonFiniteLossError, match='no checkpoint of this run was written yet'):
-        train(_model(), NaNData(n=8, size=33), _cfg(), tmp_path, progress=False, overwrite=True)
+        train(_model(), RandomEpisodes(n=8, size=33), _cfg(), tmp_path, progress=False, overwrite=True)
     assert not (tmp_path / '.lock').exists()
 
 
@@ -461,11 +455,26 @@ def test_episode_forward_checks_tensors(key, change, expect):
         episode_forward(_model().eval(), batch)
 
 
+
+@pytest.mark.parametrize('key,change,expect', [
+    ('query_img', lambda t: t.index_fill(0, torch.tensor([1]), float('nan')), r'query_img is NaN or infinite in batch row\(s\) \[1\]'),
+    ('support_imgs', lambda t: t.index_fill(0, torch.tensor([0]), float('inf')), r'support_imgs is NaN or infinite in batch row\(s\) \[0\]'),
+    ('support_masks', lambda t: t * 2, 'support_masks hold the value 2'),
+    ('support_masks', lambda t: t.float() * 0.5, 'support_masks hold the value 0.5'),
+    ('query_img', lambda t: (t * 50 + 100).clamp(0, 255).byte(), 'query_img is a torch.uint8 tensor'),
+])
+def test_model_forward_checks_what_enters_it(key, change, expect):
+    "`SDAANet.forward` called directly checks its inputs as `episode_forward` does (not all-NaN logits read as background)."
+    batch = _batch()
+    batch[key] = change(batch[key])
+    with pytest.raises(ValueError, match=expect):
+        _model().eval()(batch['query_img'], batch['support_imgs'], batch['support_masks'])
+
 @pytest.mark.parametrize('overrides,expect', [
     (dict(data_root=5), 'data_root=5 is not allowed; expected a folder path'),
     (dict(data_root=''), "data_root='' is not allowed"),
     (dict(cache_dir=3), 'cache_dir=3 is not allowed'),
-    (dict(eval=dict(allow_seen_classes='yes')), "allow_seen_classes='yes' is not allowed; expected True or False"),
+    (dict(eval=dict(allow_seen_classes='yes')), "eval.allow_seen_classes='yes' is not allowed; expected true or false"),
 ])
 def test_run_config_checks_values(overrides, expect):
     with pytest.raises(ValueError, match=expect):

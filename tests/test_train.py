@@ -6,7 +6,7 @@ import torch
 from sdaanet.core import model_config, seed_everything
 from sdaanet.model import SDAANet
 from sdaanet.train import NonFiniteLossError, train, train_config
-from fakes import RandomEpisodes
+from fakes import RandomEpisodes, nan_losses
 
 
 def _model():
@@ -59,21 +59,12 @@ def test_checkpoint_callback_is_repeated_after_a_kill_inside_it(tmp_path):
     assert seen == [1, 2, 3]
 
 
-class NaNAfter(RandomEpisodes):
-    def __getitem__(self, i):
-        ep = super().__getitem__(i)
-        if self.poison: ep['query_img'][:] = float('nan')
-        return ep
-
-
-def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path):
+def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
     cfg = train_config('embedded', batch_size=2, workers=0, log_every=1, checkpoint_every=1, max_iters=4)
-    data = NaNAfter(n=8, size=33)
-    data.poison = False
-    model = _model()
-    train(model, data, cfg, tmp_path, stop_after=2, progress=False)
+    data = RandomEpisodes(n=8, size=33)
+    train(_model(), data, cfg, tmp_path, stop_after=2, progress=False)
     good = (tmp_path / 'checkpoints' / 'last.pth').read_bytes()
-    data.poison = True
+    nan_losses(monkeypatch)
     with pytest.raises(NonFiniteLossError, match=r'iteration 2 .*main=nan'):
         train(_model(), data, cfg, tmp_path, resume=True, progress=False)
     assert (tmp_path / 'checkpoints' / 'last.pth').read_bytes() == good
