@@ -185,7 +185,7 @@ def training_record(ckpt: dict) -> dict:
     size = rc.get('train_size')
     if size is None and 'dataset' in rc:
         from sdaanet.data import DataSpec
-        size = DataSpec(rc['dataset'], protocol=rc.get('protocol', 'official')).transform().size
+        size = DataSpec(rc['dataset'], protocol=rc.get('protocol', 'official')).input_size
     return dict(dataset=rc.get('dataset'), fold=rc.get('fold'), input_size=size)
 
 def load_checkpoint(path, map_location='cpu') -> tuple[SDAANet, dict]:

@@ -61,11 +61,11 @@ def check_types(obj, section: str = '') -> None:
         if not any(_fits(value, k) for k in wanted):
             expected = ' or '.join(_KINDS.get(k, k) for k in wanted) + (' or null' if 'None' in kinds else '')
             raise ValueError(f"{key}={value!r} is not allowed; expected {expected}")
-        for v in (value if isinstance(value, (tuple, list)) else [value]):
-            if isinstance(value, (tuple, list)) and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                raise ValueError(f"{key}={value!r} is not allowed; expected {_KINDS['tuple']}")
-            if isinstance(v, float) and not math.isfinite(v):
-                raise ValueError(f"{key}={value!r} is not allowed; expected a finite number")
+        items = value if isinstance(value, (tuple, list)) else [value]
+        if items is value and not all(_fits(v, 'float') for v in items):
+            raise ValueError(f"{key}={value!r} is not allowed; expected {_KINDS['tuple']}")
+        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            raise ValueError(f"{key}={value!r} is not allowed; expected a finite number")
 
 class Settings:
     """Mixin for configuration dataclasses: `replace(**overrides)` refuses unknown keys by name; `check_types`

@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageDraw, ImageOps
 from tqdm.auto import tqdm
 from .core import check_choice, check_positive, IGNORE
-from .transforms import JointTransform, fit_longer_side
+from .transforms import JointTransform, default_size, fit_longer_side
 
 # %% auto #0
 __all__ = ['PASCAL_CLASSES', 'COCO_CLASSES', 'DATASETS', 'SPLITS', 'COCO_SPLITS', 'N_FOLDS', 'CACHE_FORMAT', 'VOC_LAYOUT',
@@ -468,10 +468,14 @@ class DataSpec:
     @property
     def train(self) -> bool: return self.split == 'train'
 
+    @property
+    def input_size(self) -> int:
+        "The input size of this split: `size`, else the dataset's default for the protocol."
+        return self.size or (EMBEDDED_DEFAULTS['size'] if self.name == 'embedded' else default_size(self.protocol, self.train))
+
     def transform(self) -> JointTransform:
         "The joint transform of this spec's protocol, split and size."
-        size = self.size or (EMBEDDED_DEFAULTS['size'] if self.name == 'embedded' else None)
-        return JointTransform(self.protocol, self.train, size)
+        return JointTransform(self.protocol, self.train, self.input_size)
 
     def threshold(self) -> int:
         "The class index's pixel threshold: `min_pixels`, else the dataset's default."

@@ -131,7 +131,7 @@ def feature_cache(model: SDAANet, spec: DataSpec, index: ClassIndex | None = Non
         raise ValueError(f"protocol={spec.protocol!r} is not allowed with a feature cache; expected 'official' "
                          "(the cache resizes every image to size x size)")
     index = load_index(spec, progress=progress) if index is None else index
-    size = spec.transform().size
+    size = spec.input_size
     key = _cache_key(model, index, size)
     path = Path(spec.cache_dir or default_cache_dir()) / f"features-{spec.name}-{spec.split}-{size}-{key}.pt"
     cache = _load_cache(path, key)

@@ -139,7 +139,7 @@ class RunConfig:
     def _check_sizes(self) -> None:
         """Input sizes whose stride-8 feature map is at least 2x2 (an error); decoder bins (in cells) larger than the
         largest feature map, which only upsample it (a warning; the released PASCAL bins fit the 473-pixel test map)."""
-        train_size, eval_size = (data_spec(self, split).transform().size for split in ('train', 'test'))
+        train_size, eval_size = (data_spec(self, split).input_size for split in ('train', 'test'))
         sizes = {f'train_size={train_size}': train_size, f'eval.size={eval_size}': eval_size,
                  **{f'eval.scales entry {s}': s for s in self.eval.scales or ()}}
         for what, size in sizes.items():
@@ -253,8 +253,8 @@ def eval_size(model, cfg: RunConfig, released: bool = False) -> tuple[RunConfig,
     with the embedded preset): then the size it was trained at."""
     if cfg.eval.size is not None: return cfg, f'eval.size={cfg.eval.size}'
     trained = None if released else (getattr(model, 'trained_on', None) or {}).get('input_size')
-    size = data_spec(cfg, 'test').transform().size
-    if trained is None or trained == data_spec(cfg, 'train').transform().size: return cfg, f'the protocol ({size} px)'
+    size = data_spec(cfg, 'test').input_size
+    if trained is None or trained == data_spec(cfg, 'train').input_size: return cfg, f'the protocol ({size} px)'
     return (dataclasses.replace(cfg, eval=cfg.eval.replace(size=trained)),
             f'the checkpoint (trained at {trained} px; the protocol would take {size} px; set eval.size to choose)')
 
@@ -303,7 +303,7 @@ def _run_eval(cfg: RunConfig, out_dir: Path, model, checkpoint, released, dev, r
            'fb_iou': float(summary.query("metric == 'FB-IoU'")['mean'].iloc[0]),
            'seeds': list(results), 'episodes_per_seed': n, 'seconds': round(time.perf_counter() - t0, 2),
            'trained_fold': trained_fold, 'seen_classes': trained_fold not in (None, cfg.fold),
-           'allow_seen_classes': cfg.eval.allow_seen_classes, 'eval_size': data_spec(cfg, 'test').transform().size,
+           'allow_seen_classes': cfg.eval.allow_seen_classes, 'eval_size': data_spec(cfg, 'test').input_size,
            'eval_size_from': size_from,
            'per_seed': {str(s): r.summary() for s, r in results.items()}}
     if rank == 0:
