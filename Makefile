@@ -35,9 +35,13 @@ check-export: $(STAMP)
 	  echo "nbdev_export changed sdaanet/: the package was out of step with nbs/. Commit the export."; exit 1; fi; \
 	rm -rf $$tmp; echo "sdaanet/ is in step with nbs/"
 
-# Render every notebook in nbs/ to HTML in _docs/ (nbconvert, offline) with an index page listing them.
+# Render every notebook in nbs/ to HTML in _docs/ with an index page listing them, offline: each notebook executed
+# as nbdev_test runs it (its own process, 2 at a time, at most 240 s each; one that fails or runs over is shown
+# with its saved outputs, and the index says so), its TeX as MathML (latex2mathml), no script from the web.
 docs: $(STAMP)
-	$(BIN)/python -c "from sdaanet.report import build_docs; print(build_docs('nbs', '_docs'))"
+	@start=$$(date +%s); \
+	$(BIN)/python -c "from sdaanet.docs import build_docs; print(build_docs('nbs', '_docs', log=print))" && \
+	echo "make docs: wall time $$(( $$(date +%s) - start )) s"
 
 nbtest: $(STAMP)
 	$(BIN)/nbdev_test --n_workers 2 --timing

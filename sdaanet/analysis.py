@@ -39,6 +39,22 @@ def _display(index, image_id: str, class_id: int, size: int) -> tuple[np.ndarray
     mask = F.interpolate(mask[None, None].float(), size=(size, size), mode='nearest')[0, 0]
     return img.clamp(0, 255).byte().permute(1, 2, 0).numpy(), mask.byte().numpy()
 
+# %% ../nbs/12a_analysis.ipynb #5a166d6a
+def _examples(index, wanted: dict, keep: dict, supports: dict, iou: dict) -> list[dict]:
+    "The drawable examples of the `wanted` episodes ({episode: 'first' | 'worst'}) that `figure_data` kept."
+    examples = []
+    for e, kind in wanted.items():
+        if e not in keep: continue
+        k, it = keep[e], keep[e]['item']
+        size = int(it['query_mask'].shape[-1])
+        q, qm = _display(index, it['query_id'], it['class_id'], size)
+        s, sm = _display(index, supports[e], it['class_id'], size)
+        examples.append(dict(episode=e, kind=kind, class_id=int(it['class_id']), iou=float(iou[e]), query=q, support=s,
+                             support_mask=sm, query_mask=qm, prediction=k['pred'], prior=k['prior'],
+                             attention=k['attention'], similarity=k['similarity']))
+    return examples
+
+# %% ../nbs/12a_analysis.ipynb #68ad6037
 def figure_data(model: SDAANet, dataset, index, records: pd.DataFrame, n_first: int = 6, n_worst: int = 4,
                 batch_size: int = 20) -> dict:
     "Prototypes of every episode of `dataset` and drawable examples (see above); `records` are the run's IoUs."
@@ -65,15 +81,6 @@ def figure_data(model: SDAANet, dataset, index, records: pd.DataFrame, n_first: 
                                prior=maps['prior'][j, 0].float().cpu().numpy(),
                                attention=None if maps['attention'] is None else maps['attention'][j, 0].float().cpu().numpy(),
                                similarity=prototype_similarity(maps['support_feats'][j, 0], maps['prototype'][j]).float().cpu().numpy())
-    examples = []
-    for e, kind in wanted.items():
-        if e not in keep: continue
-        k, it = keep[e], keep[e]['item']
-        size = int(it['query_mask'].shape[-1])
-        q, qm = _display(index, it['query_id'], it['class_id'], size)
-        s, sm = _display(index, supports[e], it['class_id'], size)
-        examples.append(dict(episode=e, kind=kind, class_id=int(it['class_id']), iou=float(iou[e]), query=q, support=s,
-                             support_mask=sm, query_mask=qm, prediction=k['pred'], prior=k['prior'],
-                             attention=k['attention'], similarity=k['similarity']))
+    examples = _examples(index, wanted, keep, supports, iou)
     return dict(prototypes=torch.cat(protos), prototype_classes=torch.cat(classes), examples=examples,
                 input_size=int(dataset[0]['query_mask'].shape[-1]))

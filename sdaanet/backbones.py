@@ -31,7 +31,8 @@ def read_state_dict(path) -> dict:
     "A state dict from `path` (a bare one, or under a 'state_dict' or 'model' key); a clear error if missing."
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"backbone weights not found: {path}")
+        raise FileNotFoundError(f"backbone weights not found: {path}; expected a state dict file "
+                                "(or backbone_weights='imagenet' for torchvision's cache, or none for random weights)")
     sd = torch.load(path, map_location='cpu', weights_only=True)
     for key in ('state_dict', 'model'):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict): sd = sd[key]

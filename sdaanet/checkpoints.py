@@ -75,6 +75,7 @@ def state_dict_from_spec(path, seed: int = 0) -> dict:
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = 'sdaanet-checkpoint', 1
 RELEASED_INPUT_SIZE = 473           # the released evaluation's input size
 
+# %% ../nbs/06_checkpoints.ipynb #53176919
 def _read(src, what: str) -> dict:
     "The dict saved at `src` (a dict passes through), the file checked before `torch.load` reads it."
     if isinstance(src, dict): return src
@@ -92,10 +93,12 @@ def _read(src, what: str) -> dict:
     if not isinstance(ckpt, dict): raise CheckpointError(f"{what} {path} holds a {type(ckpt).__name__}; expected a dict")
     return ckpt
 
+# %% ../nbs/06_checkpoints.ipynb #1c1c5915
 def _keys(d: dict, most: int = 6) -> str:
     keys = list(d)
     return f"{keys[:most]}" + (f" and {len(keys) - most} more" if len(keys) > most else '')
 
+# %% ../nbs/06_checkpoints.ipynb #226809b9
 def official_config(sd: dict, dataset: str | None = None, **overrides) -> ModelConfig:
     """The `ModelConfig` a released state dict (without `module.`) was trained with, plus `overrides`; `dataset`
     ('pascal' or 'coco'; None: ResNet-101 means COCO) decides the decoder bins."""

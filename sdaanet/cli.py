@@ -196,6 +196,7 @@ def _add_predict_parser(sub) -> None:
                    help='with --prior-only: the prior value that counts as object (default 0.5)')
     p.add_argument('--batch-size', type=positive_int, default=4); p.add_argument('--device', default='auto')
 
+# %% ../nbs/11_cli.ipynb #7978e36e
 def _predict_command(args) -> None:
     from sdaanet.checkpoints import load_checkpoint, load_official_checkpoint
     from sdaanet.model import inference_copy
@@ -270,10 +271,12 @@ def _add_study_parser(sub) -> None:
     p.add_argument('--jobs', type=positive_int, default=1, help='runs side by side (CPU: the cores are shared among them)')
     p.add_argument('--gpus', type=non_negative_int, nargs='+', default=None, help='GPU ids; one run per GPU at a time')
     p.add_argument('--retry-failed', action='store_true', help='run the failed runs again')
+    p.add_argument('--keep-stale', action='store_true',
+                   help='keep finished runs made by another code version (default: rerun them); the registry says which')
     p.add_argument('--only', nargs='+', default=None, help='only these run ids')
     p.add_argument('--train-seeds', type=non_negative_int, nargs='+', default=None, metavar='SEED',
                    help="training seeds of every cell (default: the preset's, 0 1 2 3 4); recorded in each run's "
-                        "parameters and metrics.csv, and part of its hash")
+                        "parameters and metrics, and part of its hash")
     p.add_argument('--matrix', choices=('main', 'discrepancies', 'all'), default='main',
                    help="main: the runs of Tables I-V; discrepancies: each paper-vs-released-code switch alone "
                         "(beside the main matrix's SD-AANet 1-shot runs); all: both")
@@ -295,7 +298,7 @@ def _study_command(args) -> None:
     index = study(args.dir or f'runs/study-{args.preset}', args.preset, args.data_root, tuple(args.folds), args.device,
                   args.jobs, args.gpus, args.retry_failed, args.html, args.only, args.overrides, matrix=args.matrix,
                   scheduler=args.scheduler, cluster_config=args.cluster_config, retries=args.retries,
-                  train_seeds=args.train_seeds)
+                  train_seeds=args.train_seeds, keep_stale=args.keep_stale)
     print(index)
 
 # %% ../nbs/11_cli.ipynb #730922fc
@@ -312,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study_parser(sub)
     return parser
 
+# %% ../nbs/11_cli.ipynb #cbd4593a
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `sdaanet` console script: exit 0, 2 for bad input, 1 for a runtime error, 141 for a closed pipe (see above)."
     parser = build_parser()
@@ -335,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2 if usage else 1, f"sdaanet {args.command}: error: {text}\n")
     return 0
 
+# %% ../nbs/11_cli.ipynb #32e7b07a
 def _dispatch(args) -> None:
     if args.command == 'smoke':
         print(json.dumps(smoke(args.preset, args.size, args.shots, args.batch, None if args.random_weights else 'imagenet'),

@@ -12,8 +12,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'IGNORE', 'BACKBONES', 'VARIANTS', 'KSHOT_STRATEGIES', 'BACKBONE_BN_MODES',
-           'SDPM_PARTS', 'DECODER_BINS', 'PRESETS', 'check_choice', 'check_positive', 'checkout_file', 'check_types',
-           'Settings', 'ModelConfig', 'preset_section', 'model_config', 'seed_everything']
+           'NO_WEIGHTS', 'SDPM_PARTS', 'DECODER_BINS', 'PRESETS', 'check_choice', 'check_positive', 'checkout_file',
+           'check_types', 'Settings', 'ModelConfig', 'preset_section', 'model_config', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #d12dba24
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -87,6 +87,7 @@ BACKBONES = ('resnet50', 'resnet101', 'vgg16_bn', 'efficientnet_lite0')
 VARIANTS = ('official', 'paper')
 KSHOT_STRATEGIES = ('integral', 'separate')
 BACKBONE_BN_MODES = ('frozen', 'train')
+NO_WEIGHTS = ('none', 'null')    # backbone_weights spelled as text that mean None: random initial weights
 SDPM_PARTS = ('teacher', 'kd', 'reweight')        # the `sdpm_<part>` switches; each follows `variant` when None
 
 @dataclass
@@ -94,7 +95,7 @@ class ModelConfig(Settings):
     "Every switch and size of `SDAANet`; the list above says what each switch means."
     _what, _section = 'model setting', 'model'
     backbone: str = 'resnet50'
-    backbone_weights: str | None = 'imagenet'  # 'imagenet', a path to a state dict, or None (random init)
+    backbone_weights: str | None = 'imagenet'  # 'imagenet', a state dict's path, or None ('none', 'null': random init)
     backbone_bn: str = 'frozen'
     variant: str = 'official'
     sdpm_teacher: str | None = None
@@ -115,6 +116,8 @@ class ModelConfig(Settings):
     fg_weight: float = 1.0          # foreground weight of every cross-entropy (1: the paper's loss)
 
     def __post_init__(self):
+        if isinstance(self.backbone_weights, str) and self.backbone_weights.lower() in NO_WEIGHTS:
+            self.backbone_weights = None          # `--set model.backbone_weights=none` (or null): random init
         self.check_types()
         self.saam_bins, self.decoder_bins = tuple(self.saam_bins), tuple(self.decoder_bins)
         self._check()

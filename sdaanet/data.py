@@ -89,6 +89,7 @@ def image_file(path, what: str = 'image', mode: str | None = None) -> tuple[np.n
             return np.array(shown if keep else shown.convert(mode)), fmt, palette
     except _PIL_ERRORS as e: raise UnreadableFile(f"cannot read {what} {path}: {e}") from e
 
+# %% ../nbs/01_data.ipynb #dc26b3e0
 def read_image(path, what: str = 'image') -> np.ndarray:
     """An image file as `uint8` RGB `(H, W, 3)`, as viewers show it (EXIF orientation applied): 16-bit grey is
     scaled to 8 bits (not clipped), alpha dropped, palette and grey expanded. Errors name `path`."""
@@ -99,6 +100,7 @@ def read_image(path, what: str = 'image') -> np.ndarray:
         a = np.repeat(np.round(a / 257).astype(np.uint8)[..., None], 3, axis=2)
     return a
 
+# %% ../nbs/01_data.ipynb #998a9c32
 def _open_label(path, n_classes: int, array: bool = True) -> tuple[np.ndarray | None, np.ndarray, tuple[int, int]]:
     "(the label array if `array`, the pixel count of each class id 0..n_classes, (h, w)), values checked."
     try:
@@ -118,6 +120,7 @@ def read_label(path, n_classes: int) -> np.ndarray:
     "A `uint8` array `(H, W)` of class ids from a palette or grayscale PNG, values checked."
     return _open_label(path, n_classes)[0]
 
+# %% ../nbs/01_data.ipynb #8bbcbcf8
 def check_same_size(img_path, img_hw, lbl_path, lbl_hw) -> None:
     "`DataError` naming both files when an image and its label differ in size."
     if tuple(img_hw) != tuple(lbl_hw):
@@ -438,6 +441,20 @@ EMBEDDED_DEFAULTS = dict(size=129, min_pixels=2 * 8 * 8)
 TEST_EPISODES = {'pascal': 1000, 'coco': 4000, 'embedded': 1000}
 TEST_SEED = 321
 
+# %% ../nbs/01_data.ipynb #986c49eb
+def _check_spec(spec) -> None:
+    "Check the fields of a `DataSpec`: choices, positive sizes, no PASCAL-layout options for COCO."
+    check_choice('name', spec.name, DATASETS); check_choice('split', spec.split, SPLITS)
+    check_choice('protocol', spec.protocol, ('official', 'paper'))
+    check_choice('coco_split', spec.coco_split, COCO_SPLITS); check_choice('fold', spec.fold, range(N_FOLDS))
+    check_positive('shots', spec.shots, integer=True)
+    if spec.size is not None: check_positive('size', spec.size, integer=True)
+    if spec.min_pixels is not None: check_positive('min_pixels', spec.min_pixels, integer=True)
+    if spec.name == 'coco' and (spec.list_file or spec.sbd):
+        raise ValueError(f"list_file and sbd are for PASCAL-layout datasets (got name='coco', list_file="
+                         f"{spec.list_file!r}, sbd={spec.sbd!r}); COCO-20i reads its annotation files")
+
+# %% ../nbs/01_data.ipynb #6e94905c
 @dataclass
 class DataSpec:
     "One split of a few-shot dataset and how its episodes are made."
@@ -454,16 +471,7 @@ class DataSpec:
     sbd: str | None = None               # SBD release folder, when there is no SegmentationClassAug/
     cache_dir: str | None = None         # None: default_cache_dir()
 
-    def __post_init__(self):
-        check_choice('name', self.name, DATASETS); check_choice('split', self.split, SPLITS)
-        check_choice('protocol', self.protocol, ('official', 'paper'))
-        check_choice('coco_split', self.coco_split, COCO_SPLITS); check_choice('fold', self.fold, range(N_FOLDS))
-        check_positive('shots', self.shots, integer=True)
-        if self.size is not None: check_positive('size', self.size, integer=True)
-        if self.min_pixels is not None: check_positive('min_pixels', self.min_pixels, integer=True)
-        if self.name == 'coco' and (self.list_file or self.sbd):
-            raise ValueError(f"list_file and sbd are for PASCAL-layout datasets (got name='coco', list_file="
-                             f"{self.list_file!r}, sbd={self.sbd!r}); COCO-20i reads its annotation files")
+    def __post_init__(self): _check_spec(self)
 
     @property
     def train(self) -> bool: return self.split == 'train'

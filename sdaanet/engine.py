@@ -27,6 +27,7 @@ def resolve_device(name: str = 'auto') -> torch.device:
         raise ValueError(f"device={name!r} but CUDA is not available on this machine; use device='cpu'")
     return torch.device(name)
 
+# %% ../nbs/06b_engine.ipynb #d36e557e
 TORCHRUN_VARIABLES = ('RANK', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT', 'TORCHELASTIC_RUN_ID')  # torchrun sets them all
 # a rank that never comes fails after this, not gloo's 30 min; NCCL's default, and also the limit of any one collective
 DIST_TIMEOUT = timedelta(minutes=10)
@@ -46,6 +47,7 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
         if device.type == 'cuda': torch.cuda.set_device(device)
     return dist.get_rank(), world
 
+# %% ../nbs/06b_engine.ipynb #8b593b9f
 def autocast_dtype(device: torch.device, amp: str):
     """The autocast dtype for `amp` on `device` (None: full precision). CUDA: 'auto' is bf16 where supported, else
     fp16. CPU: 'auto' is full precision; 'bf16' is allowed (fast only on CPUs with native bf16, AVX512-BF16 or AMX)."""
@@ -57,6 +59,7 @@ def autocast_dtype(device: torch.device, amp: str):
     if amp == 'fp16': raise ValueError(f"amp='fp16' is for CUDA devices; on {device} use amp='bf16' or 'off'")
     return torch.bfloat16 if amp == 'bf16' else None
 
+# %% ../nbs/06b_engine.ipynb #8fdc7cfe
 def to_device(batch: dict, device: torch.device, channels_last: bool = False) -> dict:
     "Move the tensors of an episode batch (and of its `features` dict) to `device` (images channels_last when asked)."
     out = {}
@@ -68,12 +71,14 @@ def to_device(batch: dict, device: torch.device, channels_last: bool = False) ->
         out[k] = v
     return out
 
+# %% ../nbs/06b_engine.ipynb #d4fdb953
 def encode_batch(model: SDAANet, encoder, batch: dict) -> dict:
     "`batch` with its images replaced by their `features` from `encoder` (see `folded_backbone`); as is without one."
     if encoder is None or 'features' in batch: return batch
     enc = model.encode(batch['query_img'], batch['support_imgs'], batch['support_masks'], backbone=encoder)
     return {**{k: v for k, v in batch.items() if k not in ('query_img', 'support_imgs')}, 'features': dict(zip(ENCODED, enc))}
 
+# %% ../nbs/06b_engine.ipynb #002849e8
 def episode_forward(net, batch: dict, losses: bool = False, return_maps: bool = False) -> dict:
     """The model on an episode batch (checked by the model's `check_inputs`): images (`query_img`, `support_imgs`) or
     cached encoder `features`; the query mask goes in only when `losses` are wanted (training), so inference never sees it."""

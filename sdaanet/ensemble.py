@@ -6,6 +6,7 @@
 from __future__ import annotations
 from contextlib import contextmanager
 from types import SimpleNamespace
+from fastcore.basics import patch
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
@@ -39,6 +40,7 @@ def _batchnorm_in_fp32(module: nn.Module, enabled: bool):
     finally:
         for h in hooks: h.remove()
 
+# %% ../nbs/07a_ensemble.ipynb #d19f1752
 class _Head(nn.Module):
     "`SDAANet.head`'s training losses as a module's forward, which `functional_call` calls."
     def __init__(self, net: SDAANet): super().__init__(); self.net = net
@@ -47,6 +49,7 @@ class _Head(nn.Module):
         return self.net.head(out_size, *(features[k] for k in ENCODED), support_masks=support_masks,
                              query_mask=query_mask, prior=prior)['losses']
 
+# %% ../nbs/07a_ensemble.ipynb #ef90f17b
 class Ensemble:
     """S models of one configuration that differ only in their seed, trained as one: trainable parameters and head
     buffers stacked (S, ...), one vmap-ed gradient, one optimiser (`cfg`'s) over the stacked tensors."""
@@ -80,52 +83,58 @@ class Ensemble:
             return terms['total'], terms
         self._grads = vmap(grad(loss, has_aux=True), in_dims=(0, 0, None, 0, 0, 0, 0))
 
-    def _inputs(self, batches: list[dict]):
-        "The S batches checked, on the device and stacked, with each seed's prior mask."
-        if len(batches) != len(self.seeds):
-            raise ValueError(f"{len(batches)} batches for {len(self.seeds)} seeds; expected one batch per seed")
-        batches = [to_device(b, self.device) for b in batches]
-        for b in batches:
-            if 'features' not in b:
-                raise ValueError("an ensemble trains from cached encoder features; expected batches with `features`")
-            check_batch(b)
-        if self.base.saam is not None and batches[0]['support_masks'].shape[0] < 2:
-            raise ValueError("training with SAAM needs a batch of at least 2 episodes: the 1x1 bin of its pyramid "
-                             "pooling has BatchNorm, which cannot use batch statistics of a single value")
-        with torch.no_grad():
-            prior = torch.stack([head_prior(*(b['features'][k] for k in ('q3', 'q4', 's4', 'masks'))) for b in batches])
-        features = {k: torch.stack([b['features'][k] for b in batches]) for k in ENCODED}
-        stack = lambda key: torch.stack([b[key] for b in batches])
-        return batches[0]['support_masks'].shape[-2:], features, stack('support_masks'), stack('query_mask'), prior
+# %% ../nbs/07a_ensemble.ipynb #3c01274b
+@patch
+def _inputs(self: Ensemble, batches: list[dict]):
+    "The S batches checked, on the device and stacked, with each seed's prior mask."
+    if len(batches) != len(self.seeds):
+        raise ValueError(f"{len(batches)} batches for {len(self.seeds)} seeds; expected one batch per seed")
+    batches = [to_device(b, self.device) for b in batches]
+    for b in batches:
+        if 'features' not in b:
+            raise ValueError("an ensemble trains from cached encoder features; expected batches with `features`")
+        check_batch(b)
+    if self.base.saam is not None and batches[0]['support_masks'].shape[0] < 2:
+        raise ValueError("training with SAAM needs a batch of at least 2 episodes: the 1x1 bin of its pyramid "
+                         "pooling has BatchNorm, which cannot use batch statistics of a single value")
+    with torch.no_grad():
+        prior = torch.stack([head_prior(*(b['features'][k] for k in ('q3', 'q4', 's4', 'masks'))) for b in batches])
+    features = {k: torch.stack([b['features'][k] for b in batches]) for k in ENCODED}
+    stack = lambda key: torch.stack([b[key] for b in batches])
+    return batches[0]['support_masks'].shape[-2:], features, stack('support_masks'), stack('query_mask'), prior
 
-    def step(self, batches: list[dict], lr: float) -> dict:
-        """One optimisation step of every seed at learning rate `lr`, seed i on its batch `batches[i]` (cached
-        `features`). Returns the loss terms, each an (S,) tensor; a non-finite total raises `NonFiniteLossError`
-        before any weight changes."""
-        inputs = self._inputs(batches)
-        keys = torch.stack([dropout_key(s, self.iteration) for s in self.seeds]).to(self.device)
-        for name in self.key_names: self.buffers[name].copy_(keys)
-        seed_dropout(self.base, self.seeds[0], self.iteration)        # numbers the layers, resets their call counters
-        with _batchnorm_in_fp32(self.base, self.dtype is not None):
-            grads, terms = self._grads({k: v.detach() for k, v in self.params.items()}, self.buffers, *inputs)
-        terms = {k: v.detach() for k, v in terms.items()}
-        if not torch.isfinite(terms['total']).all():
-            bad = [s for s, ok in zip(self.seeds, torch.isfinite(terms['total']).tolist()) if not ok]
-            raise NonFiniteLossError(f"non-finite loss at iteration {self.iteration} for seed(s) {bad}: "
-                                     + ', '.join(f"{k}={[round(x, 4) for x in v.tolist()]}" for k, v in terms.items()))
-        for group in self.optimizer.param_groups: group['lr'] = lr
-        for k, p in self.params.items(): p.grad = grads[k]
-        self.optimizer.step(); self.optimizer.zero_grad(set_to_none=True)
-        self.iteration += 1
-        return terms
+# %% ../nbs/07a_ensemble.ipynb #a979cd7b
+@patch
+def step(self: Ensemble, batches: list[dict], lr: float) -> dict:
+    """One optimisation step of every seed at learning rate `lr`, seed i on its batch `batches[i]` (cached
+    `features`). Returns the loss terms, each an (S,) tensor; a non-finite total raises `NonFiniteLossError`
+    before any weight changes."""
+    inputs = self._inputs(batches)
+    keys = torch.stack([dropout_key(s, self.iteration) for s in self.seeds]).to(self.device)
+    for name in self.key_names: self.buffers[name].copy_(keys)
+    seed_dropout(self.base, self.seeds[0], self.iteration)        # numbers the layers, resets their call counters
+    with _batchnorm_in_fp32(self.base, self.dtype is not None):
+        grads, terms = self._grads({k: v.detach() for k, v in self.params.items()}, self.buffers, *inputs)
+    terms = {k: v.detach() for k, v in terms.items()}
+    if not torch.isfinite(terms['total']).all():
+        bad = [s for s, ok in zip(self.seeds, torch.isfinite(terms['total']).tolist()) if not ok]
+        raise NonFiniteLossError(f"non-finite loss at iteration {self.iteration} for seed(s) {bad}: "
+                                 + ', '.join(f"{k}={[round(x, 4) for x in v.tolist()]}" for k, v in terms.items()))
+    for group in self.optimizer.param_groups: group['lr'] = lr
+    for k, p in self.params.items(): p.grad = grads[k]
+    self.optimizer.step(); self.optimizer.zero_grad(set_to_none=True)
+    self.iteration += 1
+    return terms
 
-    def unstack(self) -> list[SDAANet]:
-        "Write the stacked weights and buffers back into the S models; returns the models."
-        with torch.no_grad():
-            for i, m in enumerate(self.models):
-                own = {**dict(m.named_parameters()), **dict(m.named_buffers())}
-                for k, v in {**self.params, **self.buffers}.items(): own[k].copy_(v[i])
-        return self.models
+# %% ../nbs/07a_ensemble.ipynb #357f5d34
+@patch
+def unstack(self: Ensemble) -> list[SDAANet]:
+    "Write the stacked weights and buffers back into the S models; returns the models."
+    with torch.no_grad():
+        for i, m in enumerate(self.models):
+            own = {**dict(m.named_parameters()), **dict(m.named_buffers())}
+            for k, v in {**self.params, **self.buffers}.items(): own[k].copy_(v[i])
+    return self.models
 
 # %% ../nbs/07a_ensemble.ipynb #e7a5000c
 def train_ensemble(models: list[SDAANet], dataset, cfg: TrainConfig, seeds, progress: bool = False,

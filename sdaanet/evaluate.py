@@ -12,14 +12,15 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .core import IGNORE, check_choice, check_positive
+from .contract import EPISODE_COLUMNS
 from .modules import resize
 from .transforms import to_original
 from .engine import to_device, episode_forward, autocast_dtype, check_finite
 
 # %% auto #0
-__all__ = ['EMPTY_IOU', 'COUNT_COLUMNS', 'RECORD_COLUMNS', 'SCORINGS', 'MULTISCALE', 'PAPER_SCALES', 'BATCH_KEYS', 'N_SEEDS',
-           'iou', 'episode_counts', 'SegMetrics', 'original_batch', 'predict_single', 'predict_paper',
-           'predict_pyramid', 'predict', 'EvalResult', 'evaluate', 'eval_seeds', 'seed_table', 'aggregate_seeds']
+__all__ = ['EMPTY_IOU', 'COUNT_COLUMNS', 'SCORINGS', 'MULTISCALE', 'PAPER_SCALES', 'BATCH_KEYS', 'N_SEEDS', 'iou',
+           'episode_counts', 'SegMetrics', 'original_batch', 'predict_single', 'predict_paper', 'predict_pyramid',
+           'predict', 'EvalResult', 'evaluate', 'eval_seeds', 'seed_table', 'aggregate_seeds']
 
 # %% ../nbs/08_evaluate.ipynb #18fc0a91
 EMPTY_IOU = 1.0
@@ -49,8 +50,6 @@ def episode_counts(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.stack([total(p1 & t1), total(p1 | t1), total(p0 & t0), total(p0 | t0), total(t1)], 1)
 
 # %% ../nbs/08_evaluate.ipynb #e1e557b1
-RECORD_COLUMNS = ('episode', 'class_id', 'iou', 'fg_pixels', 'intersection', 'union')
-
 def _ints(x, n: int, name: str) -> list[int]:
     "`x` (tensor, sequence or int) as `n` Python ints."
     vals = x.flatten().tolist() if torch.is_tensor(x) else [x] if isinstance(x, int) else list(x)
@@ -147,8 +146,8 @@ def fb_iou(self: SegMetrics) -> float:
 
 @patch
 def records(self: SegMetrics) -> pd.DataFrame:
-    "The per-episode records as a DataFrame (columns `RECORD_COLUMNS`, plus `query_id` when given)."
-    return pd.DataFrame(self.records_list, columns=None if self.records_list else list(RECORD_COLUMNS))
+    "The per-episode records as a DataFrame (columns `EPISODE_COLUMNS`, plus `query_id` when given)."
+    return pd.DataFrame(self.records_list, columns=None if self.records_list else list(EPISODE_COLUMNS))
 
 # %% ../nbs/08_evaluate.ipynb #d6e683ee
 SCORINGS = ('resized', 'original')

@@ -76,6 +76,7 @@ def build_feature_cache(model: SDAANet, index: ClassIndex, size: int, batch_size
     return FeatureCache(index.ids, size, torch.cat(f2s), torch.cat(f3s), torch.cat(f4s), pairs, torch.cat(s4s),
                         torch.cat(masks))
 
+# %% ../nbs/06a_features.ipynb #ff97d65f
 def _encode_batches(backbone, index: ClassIndex, size: int, starts, batch_size: int, dtype, progress: bool):
     "The features of the image batches beginning at `starts`: lists f2, f3, f4, s4, masks, pairs."
     device = next(backbone.parameters()).device
@@ -112,6 +113,7 @@ def _cache_key(model: SDAANet, index: ClassIndex, size: int) -> str:
     h.update(np.ascontiguousarray(index.areas).tobytes())
     return h.hexdigest()[:16]
 
+# %% ../nbs/06a_features.ipynb #1af826ff
 def _load_cache(path: Path, key: str) -> FeatureCache | None:
     """The cache saved at `path` when it is there and has `key`; an unreadable one (truncated, damaged) is moved aside
     to `<name>.corrupt` with a warning, so that it is rebuilt."""
@@ -124,6 +126,7 @@ def _load_cache(path: Path, key: str) -> FeatureCache | None:
         return None
     return FeatureCache.from_state(d) if d.get('format') == CACHE_FORMAT and d.get('key') == key else None
 
+# %% ../nbs/06a_features.ipynb #f0f844cd
 def feature_cache(model: SDAANet, spec: DataSpec, index: ClassIndex | None = None, progress: bool = True,
                   parts: int = 1) -> FeatureCache:
     "The `FeatureCache` of `spec`'s split at `spec`'s evaluation size for `model`'s backbone (built on first use)."
@@ -143,12 +146,14 @@ def feature_cache(model: SDAANet, spec: DataSpec, index: ClassIndex | None = Non
     if progress: print(f"feature cache {path.name}: {len(cache)} images, {len(cache.pairs)} pairs in {time.perf_counter() - t0:.1f} s")
     return cache
 
+# %% ../nbs/06a_features.ipynb #d9688622
 class CachedTrainEpisodes(TrainEpisodes):
     "`TrainEpisodes` of `index`'s fold served from `cache` (no augmentation)."
     def __init__(self, cache: FeatureCache, index: ClassIndex, fold: int, shots: int):
         super().__init__(index, fold, shots, transform=None); self.cache = cache
     def episode(self, e, query, class_id, supports): return self.cache.episode(e, query, class_id, supports)
 
+# %% ../nbs/06a_features.ipynb #12aa13e4
 class CachedEvalEpisodes(EvalEpisodes):
     """`EvalEpisodes` of an explicit episode list served from `cache`; with `pyramid` (caches of the same images at
     other sizes, by size) each item also holds `pyramid[size]` = that size's `features` and `support_masks`, for

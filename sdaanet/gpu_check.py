@@ -46,6 +46,7 @@ def _amp_mode(dev: torch.device) -> str: return 'auto' if dev.type == 'cuda' els
 def _peak_mb(dev) -> float | None:
     return round(torch.cuda.max_memory_allocated(dev) / 2**20, 1) if dev.type == 'cuda' else None
 
+# %% ../nbs/10a_gpu_check.ipynb #b27dbba4
 def bench_rows(device: str, quick: bool = False) -> dict:
     "`bench` with the released forward beside the engine, in fp32 and with AMP: `{'fp32': ..., 'amp': ...}`."
     s, dev = QUICK if quick else FULL, resolve_device(device)
@@ -53,6 +54,7 @@ def bench_rows(device: str, quick: bool = False) -> dict:
                         warmup=s['warmup'], amp=amp, vs_released=True, **s['model'])
             for name, amp in (('fp32', 'off'), ('amp', _amp_mode(dev)))}
 
+# %% ../nbs/10a_gpu_check.ipynb #5b03f01e
 def _check_train_args(iters, batch) -> None:
     check_positive('iters', iters, integer=True); check_positive('batch', batch, integer=True)
     if iters < 5: raise ValueError(f"iters={iters}: expected at least 5, to compare the first and the last fifth of the losses")
@@ -79,6 +81,7 @@ def train_check(device: str, iters: int = 50, batch: int = 4, size: int = 321, m
                    'loss_first': round(first, 4), 'loss_last': round(last, 4), 'loss_went_down': last < first,
                    'it_per_s': round(len(loss) / seconds, 2), 'seconds': round(seconds, 1), 'peak_mb': _peak_mb(dev)}
 
+# %% ../nbs/10a_gpu_check.ipynb #e2bd73bc
 def amp_vs_fp32(model: SDAANet, device: str, size: int = 321, episodes: int = 4) -> dict:
     "The logits of `episodes` held-out episodes in fp32 and under autocast (inference path, same weights), compared."
     dev = resolve_device(device); dtype = autocast_dtype(dev, _amp_mode(dev))

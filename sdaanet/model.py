@@ -20,9 +20,11 @@ __all__ = ['ENCODED', 'NonFiniteError', 'check_mask_values', 'check_inputs', 'SD
 # %% ../nbs/05_model.ipynb #903089c0
 ENCODED = ('q2', 'q3', 'q4', 's2', 's3', 's4', 'masks')   # the frozen encoder's outputs, in `encode`'s order
 
+# %% ../nbs/05_model.ipynb #f4993f59
 class NonFiniteError(ValueError):
     "NaN or infinite values in a model's input or output; the message names where (episodes, query ids, files)."
 
+# %% ../nbs/05_model.ipynb #4ea612d5
 def _odd_mask(m: torch.Tensor) -> torch.Tensor: return (m != 0) & (m != 1) & (m != IGNORE)
 
 def check_mask_values(masks, subject: str) -> None:
@@ -32,6 +34,7 @@ def check_mask_values(masks, subject: str) -> None:
     if odd.any():
         raise ValueError(f"{subject} the value {m[odd][0].item():g}; expected 0 (background), 1 (object) or {IGNORE} (ignore)")
 
+# %% ../nbs/05_model.ipynb #dab6f4c8
 def check_inputs(query_img=None, support_imgs=None, support_masks=None, query_mask=None, features=None) -> None:
     """The one check of what enters the model (`SDAANet.forward`, and the ensemble trainer through `check_batch`):
     shapes, float images, finite images or cached `features`, masks of 0, 1 and 255 only. A `ValueError`
@@ -107,6 +110,7 @@ def _grouped(self: SDAANet, fn, groups):
     if isinstance(out, tuple): return list(zip(*(o.split(sizes) for o in out)))
     return list(out.split(sizes))
 
+# %% ../nbs/05_model.ipynb #07b955b7
 @patch
 def encode_query(self: SDAANet, query_img, backbone: nn.Module | None = None):
     "The query's layer2, layer3 and layer4 features (B, C, h, w); `backbone` replaces `self.backbone`."
@@ -115,6 +119,7 @@ def encode_query(self: SDAANet, query_img, backbone: nn.Module | None = None):
         q2, q3 = bb.features(query_img)
         return q2, q3, bb.high(q3)
 
+# %% ../nbs/05_model.ipynb #377f4346
 @patch
 def encode_support(self: SDAANet, support_imgs, support_masks, backbone: nn.Module | None = None):
     """The supports' layer2, layer3 and masked layer4 features (B, K, C, h, w) and the masks at feature size
@@ -126,6 +131,7 @@ def encode_support(self: SDAANet, support_imgs, support_masks, backbone: nn.Modu
         s4 = torch.stack(self._grouped(bb.high, list((s3 * masks).unbind(1))), 1)
     return s2, s3, s4, masks
 
+# %% ../nbs/05_model.ipynb #608687b0
 @patch
 def encode(self: SDAANet, query_img, support_imgs, support_masks, backbone: nn.Module | None = None):
     """Both halves in one batched pass: q2, q3, q4 (B, C, h, w), s2, s3, s4 (B, K, C, h, w) and the support masks at

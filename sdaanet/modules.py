@@ -39,10 +39,12 @@ def _absorb(h, v):
     "The hash state `h` with `v` (in [0, 2**32); a tensor or an int) folded in."
     return hash32(((h ^ v) + _GOLDEN) & _M32)
 
+# %% ../nbs/03_modules.ipynb #f0a46ed0
 def dropout_key(seed: int, step: int) -> torch.Tensor:
     "The int64 key (seed low, seed high, step low, step high 32 bits) of training step `step` of seed `seed`."
     return torch.tensor([seed & _M32, (seed >> 32) & _M32, step & _M32, (step >> 32) & _M32])
 
+# %% ../nbs/03_modules.ipynb #3707b9d6
 class SeededDropout2d(nn.Module):
     """`nn.Dropout2d(p)` (whole channels zeroed with probability `p`, the kept ones scaled by 1/(1-p); identity in
     eval mode) whose mask is a hash of (seed, step, layer, call, sample, channel) instead of a draw from the global
@@ -70,6 +72,7 @@ class SeededDropout2d(nn.Module):
         scale = self.channel_mask(x.shape[0], x.shape[1], call).to(x.dtype).div_(1 - self.p)
         return x * scale[..., None, None]
 
+# %% ../nbs/03_modules.ipynb #fa88cda2
 def seed_dropout(model: nn.Module, seed: int, step: int) -> nn.Module:
     """Key every `SeededDropout2d` of `model` to training step `step` of seed `seed` (layers numbered in module
     order) and reset their call counters; the trainer calls it before every step."""
@@ -129,6 +132,14 @@ def sdpm_kd_loss(student: torch.Tensor, target: torch.Tensor, teacher: str = 'pa
     return F.kl_div((student / T).log_softmax(-1), d_t, reduction='none').mean() * OFFICIAL_KD_SCALE * T * T
 
 # %% ../nbs/03_modules.ipynb #f4196f18
+def _reweight_query(query_feat, v, reweight: str):
+    "SDPM's output query feature from the K shot vectors `v` (B, K, C) under the `reweight` rule."
+    if reweight == 'official':                                      # cumulative over the shots, then the mean
+        a = (v + 1) / 2
+        return query_feat * a.prod(1)[..., None, None] * channel_scale(a.mean(1))
+    return query_feat * channel_scale(v.mean(1))                    # Eq. 6 = mean of Eq. 8
+
+# %% ../nbs/03_modules.ipynb #877ecb33
 class SDPM(nn.Module):
     """Self-distillation guided prototype module. `variant` ('paper' or 'official') sets its three parts together;
     `teacher`, `kd` and `reweight` ('paper', 'official', or None: follow `variant`) set them one by one."""
@@ -157,11 +168,7 @@ class SDPM(nn.Module):
         if teacher and self.teacher == 'official':                      # t_i = (p_q + p'^i_s) / 2, p_q before
             base = masked_gap(query_feat, query_mask)[:, None]          # reweighting; built first, as in the released
             kd = distil(lambda i: (base[:, 0] + shot_protos[:, i]) / 2)     # code (the same gradient sums, bit for bit)
-        if self.reweight == 'official':                                 # cumulative over the shots, then the mean
-            a = (v + 1) / 2
-            query_out = query_feat * a.prod(1)[..., None, None] * channel_scale(a.mean(1))
-        else:
-            query_out = query_feat * channel_scale(v.mean(1))            # Eq. 6 = mean of Eq. 8
+        query_out = _reweight_query(query_feat, v, self.reweight)
         if teacher and self.teacher == 'paper':
             if self.strategy == 'integral':                             # one p'_q of the Eq. 6 query
                 eq6 = query_out if self.reweight == 'paper' else query_feat * channel_scale(v.mean(1))
@@ -275,10 +282,12 @@ def _conv3x3_relu(dim: int, out: int | None = None, bias: bool = False):
 def _classifier(dim: int):
     return nn.Sequential(*_conv3x3_relu(dim), SeededDropout2d(0.1), nn.Conv2d(dim, 2, 1))
 
+# %% ../nbs/03_modules.ipynb #f8c798a3
 def bin_size(b: float, feat_height: int) -> int:
     "A decoder bin in cells: `b` itself above 1, else that share of the feature height (at least 1)."
     return int(b) if b > 1 else max(1, int(feat_height * b))
 
+# %% ../nbs/03_modules.ipynb #87792f07
 class FeatureEnrichmentDecoder(nn.Module):
     "PFENet's multi-scale decoder; `n_priors` extra one-channel maps (prior, attention)."
     def __init__(self, dim: int, bins=(60, 30, 15, 8), n_priors: int = 2):

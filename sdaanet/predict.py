@@ -30,10 +30,12 @@ def _image_tensor(img: np.ndarray, size: int) -> torch.Tensor:
 
 read_rgb = read_image          # an image file as uint8 RGB (H, W, 3), as shown (EXIF orientation applied); see above
 
+# %% ../nbs/09a_predict.ipynb #6ac745dc
 def _values(a: np.ndarray, most: int = 12) -> str:
     v = np.unique(a).tolist()
     return f"{v[:most]}" + (f" and {len(v) - most} more" if len(v) > most else '')
 
+# %% ../nbs/09a_predict.ipynb #4aff31bf
 def _voc_palette() -> np.ndarray:
     "The VOC colour map, (256, 3): the palette of VOC's label PNGs (index = class, 255 = ignore)."
     pal = np.zeros((256, 3), np.int64)
@@ -46,6 +48,7 @@ def _voc_palette() -> np.ndarray:
 
 VOC_PALETTE = _voc_palette()
 
+# %% ../nbs/09a_predict.ipynb #cefab937
 def _palette_rgb(palette: list) -> np.ndarray:
     "A flat RGB palette list as a (256, 3) table (missing entries black)."
     pal = np.zeros((256, 3), np.int64); flat = np.asarray(palette[:768], np.int64).reshape(-1, 3); pal[:len(flat)] = flat
@@ -62,6 +65,7 @@ def _grey(palette: list, m: np.ndarray) -> np.ndarray:
     lut = (pal[:, 0] * 19595 + pal[:, 1] * 38470 + pal[:, 2] * 7471 + 0x8000) >> 16
     return lut[m].astype(np.uint8)
 
+# %% ../nbs/09a_predict.ipynb #5ed2ee79
 def _soft_edges(m: np.ndarray) -> bool:
     """A 0/255 mask with anti-aliased edges: more 255 than in-between pixels, and nine in ten in-between pixels within
     2 pixels of a 255 one (in a VOC label of one class it is the other way round: 255 is the thin border)."""
@@ -70,21 +74,27 @@ def _soft_edges(m: np.ndarray) -> bool:
     from scipy.ndimage import binary_dilation
     return float(binary_dilation(full, iterations=2)[mid].mean()) >= 0.9
 
+# %% ../nbs/09a_predict.ipynb #95aac089
 def _check_threshold(t) -> None:
     if t is not None and (isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 1 <= t <= 255):
         raise ValueError(f"mask_threshold={t!r} is not allowed; expected an integer in 1..255, the grey level from "
                          "which a mask pixel is the object")
 
-def support_mask_rule(path, shape, class_id: int | None = None, mask_threshold: int | None = None) -> tuple[np.ndarray, str]:
-    """A support mask file as 0 / 1 / 255 (see above), checked against its image's `shape` (H, W), and the rule it
-    was read by, in words. `class_id`: the object's value in a label map; `mask_threshold`: object where the grey
-    level is at least this (1..255)."""
+# %% ../nbs/09a_predict.ipynb #427b3835
+def _check_mask_options(class_id, mask_threshold) -> None:
+    "`class_id` an object value in 1..254 and `mask_threshold` a grey level in 1..255, not both."
     if class_id is not None and (isinstance(class_id, bool) or not isinstance(class_id, int) or not 0 < class_id < IGNORE):
         raise ValueError(f"class_id={class_id!r} is not allowed; expected the object's label value, an integer in 1..254")
     _check_threshold(mask_threshold)
     if class_id is not None and mask_threshold is not None:
         raise ValueError(f"class_id={class_id} and mask_threshold={mask_threshold} exclude each other: class_id picks a "
                          "label value, mask_threshold thresholds a grey mask; expected one of them")
+
+# %% ../nbs/09a_predict.ipynb #5a9121a8
+def _mask_pixels(path, shape, class_id) -> tuple[np.ndarray, str, str]:
+    """The single-channel pixels of a support mask file, checked against its image's `shape` (palette colours read as
+    grey levels unless the palette is VOC's or `class_id` is given, 16-bit values scaled to 8 bits); its format; and
+    what was done to them, in words (`''` when nothing)."""
     m, fmt, palette = image_file(path, 'support mask')
     if fmt == 'JPEG' and m.ndim == 3: m = m.mean(2)                 # a colour JPEG of a grey mask
     if m.ndim != 2: raise ValueError(f"support mask {path} has shape {m.shape}; expected a single-channel image")
@@ -95,6 +105,15 @@ def support_mask_rule(path, shape, class_id: int | None = None, mask_threshold: 
         m, how = _grey(palette, m), 'palette colours (not the VOC palette) read as grey levels; '
     elif m.dtype.kind in 'iu' and m.size and m.min() >= 0 and IGNORE < m.max() <= 65535:
         m, how = np.round(m / 257).astype(np.uint8), '16-bit values scaled to 8 bits; '
+    return m, fmt, how
+
+# %% ../nbs/09a_predict.ipynb #5845b8c1
+def support_mask_rule(path, shape, class_id: int | None = None, mask_threshold: int | None = None) -> tuple[np.ndarray, str]:
+    """A support mask file as 0 / 1 / 255 (see above), checked against its image's `shape` (H, W), and the rule it
+    was read by, in words. `class_id`: the object's value in a label map; `mask_threshold`: object where the grey
+    level is at least this (1..255)."""
+    _check_mask_options(class_id, mask_threshold)
+    m, fmt, how = _mask_pixels(path, shape, class_id)
     ignore = np.zeros(m.shape, bool)
     if fmt == 'JPEG':
         if class_id is not None: raise ValueError(f"support mask {path} is a JPEG, whose lossy values cannot hold class ids; expected a PNG")
@@ -121,10 +140,10 @@ def support_mask_rule(path, shape, class_id: int | None = None, mask_threshold: 
                          + f"; it holds the values {_values(m)}")
     return np.where(obj, 1, np.where(ignore, IGNORE, 0)).astype(np.uint8), how + rule
 
+# %% ../nbs/09a_predict.ipynb #d89c91c1
 def read_support_mask(path, shape, class_id: int | None = None, mask_threshold: int | None = None) -> np.ndarray:
     "A support mask file as 0 / 1 / 255 (see above), checked against its image's `shape` (H, W)."
     return support_mask_rule(path, shape, class_id, mask_threshold)[0]
-
 
 # %% ../nbs/09a_predict.ipynb #d3b0e003
 def input_size(model: SDAANet, default: int | None = None) -> int:
@@ -135,6 +154,7 @@ def input_size(model: SDAANet, default: int | None = None) -> int:
                          "(built in Python, or loaded from an old checkpoint); pass size=, e.g. 473")
     return int(size)
 
+# %% ../nbs/09a_predict.ipynb #82d3019c
 def _check_arrays(queries, supports, masks) -> None:
     "Queries and supports uint8 RGB arrays, masks 0 / 1 / 255 of their support's size with an object pixel."
     if len(supports) != len(masks) or not supports:
@@ -151,6 +171,7 @@ def _check_arrays(queries, supports, masks) -> None:
         if m.shape != s.shape[:2]: raise ValueError(f"support mask {i} is {m.shape}; expected its image's {s.shape[:2]}")
         if not (m == 1).any(): raise ValueError(f"support mask {i} marks no object pixel (value 1)")
 
+# %% ../nbs/09a_predict.ipynb #b4af0635
 @torch.inference_mode()
 def predict_images(model: SDAANet, queries: list[np.ndarray], supports: list[np.ndarray], masks: list[np.ndarray],
                    size: int | None = None, batch_size: int = 4, prior_only: bool = False, prior_threshold: float = 0.5,
@@ -196,6 +217,7 @@ def write_prediction(path_stem: Path, image: np.ndarray, prob: np.ndarray) -> tu
     Image.fromarray(overlay.clip(0, 255).astype(np.uint8)).save(op)
     return mp, op
 
+# %% ../nbs/09a_predict.ipynb #123e867f
 def output_stems(paths: list) -> list[str]:
     "One output name per query: its file stem, made unique by `-2`, `-3`, ... where stems repeat."
     stems, used, out = [Path(p).stem for p in paths], set(), []
@@ -205,10 +227,12 @@ def output_stems(paths: list) -> list[str]:
         used.add(name); out.append(name)
     return out
 
+# %% ../nbs/09a_predict.ipynb #e208975c
 def prior_model(device='cpu') -> SDAANet:
     "The embedded preset's model with its ImageNet encoder (no download; the head stays untrained), for `prior_only`."
     return SDAANet(model_config('embedded', backbone_weights='imagenet')).to(device).eval()
 
+# %% ../nbs/09a_predict.ipynb #1400dd40
 def _file_keys(path) -> set:
     "What identifies the file `path`: its real path and, when it exists, its device and inode (hard links, case)."
     keys = {os.path.realpath(path)}
@@ -231,6 +255,7 @@ def check_outputs(out_dir, stems: list[str], inputs: dict[str, list]) -> None:
                 raise ValueError(f"the output {out} would replace the {hit[0]} {hit[1]}; expected an --out folder "
                                  "(out_dir) where no output has an input's name: outputs never replace inputs")
 
+# %% ../nbs/09a_predict.ipynb #80ff80ae
 def predict_files(model: SDAANet | None, support_paths: list, mask_paths: list, query_paths: list, out_dir,
                   size: int | None = None, batch_size: int = 4, class_id: int | None = None, prior_only: bool = False,
                   prior_threshold: float = 0.5, mask_threshold: int | None = None) -> list[dict]:
@@ -287,6 +312,7 @@ _EXAMPLE_PHOTOS = {  # name: (scikit-image photo, the object's outline as (x, y)
         (137, 202), (135, 175)], (40, 480, 60, 720)),
 }
 
+# %% ../nbs/09a_predict.ipynb #4002386d
 def example_photos(folder) -> list[dict]:
     """Write four photographs that ship with scikit-image into `folder`, to try `predict` on: per object (`cat`, `cup`,
     `rocket`, `motorbike`) the support image `<name>.png` with its hand-drawn mask `<name>_mask.png` (0/255), and the

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.distributed as dist
+from .contract import METRICS, METRICS_SUMMARY, RECORDS, EVAL_SUMMARY, BUDGET_RECORDS
 from .core import ModelConfig, Settings, PRESETS, check_choice, check_positive, check_types, model_config, preset_section, seed_everything
 from .data import DataSpec, DATASETS, EvalEpisodes, TrainEpisodes, split_validation, TEST_EPISODES, load_index, make_episode_list, save_episode_list
 from .model import SDAANet, inference_copy
@@ -167,6 +168,9 @@ def run_config(preset: str = 'embedded', **overrides) -> RunConfig:
     base = {**preset_section(preset, 'run'), 'preset': preset}
     sections = {'model': asdict(model_config(preset)), 'train': asdict(train_config(preset)),
                 'eval': dict(preset_section(preset, 'eval')), 'data': {}}
+    if 'shots' in overrides.get('model', {}):
+        raise ValueError(f"model.shots={overrides['model']['shots']!r} cannot take effect: a run's shots are its "
+                         "top-level shots (e.g. --set shots=5), which set model.shots")
     for key in SECTIONS:
         extra = overrides.pop(key, {})
         if not isinstance(extra, dict):
@@ -244,7 +248,7 @@ def _check_fold(model, cfg: RunConfig) -> int | None:
     if fold not in (None, cfg.fold) and not cfg.eval.allow_seen_classes:
         raise ValueError(f"the model was trained on {cfg.dataset} fold {fold}: the classes of test fold {cfg.fold} were "
                          f"among its training classes; expected a model trained on fold {cfg.fold} "
-                         "(eval.allow_seen_classes=true evaluates it anyway, recorded in eval_summary.json)")
+                         "(eval.allow_seen_classes=true evaluates it anyway, recorded in its EVAL_SUMMARY)")
     return fold
 
 def eval_size(model, cfg: RunConfig, released: bool = False) -> tuple[RunConfig, str]:
@@ -309,10 +313,10 @@ def _run_eval(cfg: RunConfig, out_dir: Path, model, checkpoint, released, dev, r
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         records = pd.concat([r.records.assign(seed=s) for s, r in results.items()])
-        _write_whole(out_dir / 'metrics.csv', lambda p: rows.to_csv(p, index=False))
-        _write_whole(out_dir / 'metrics_summary.csv', lambda p: summary.to_csv(p, index=False))
-        _write_whole(out_dir / 'records.csv', lambda p: records.to_csv(p, index=False))
-        _write_whole(out_dir / 'eval_summary.json', lambda p: p.write_text(json.dumps(out, indent=1)))
+        _write_whole(out_dir / METRICS, lambda p: rows.to_csv(p, index=False))
+        _write_whole(out_dir / METRICS_SUMMARY, lambda p: summary.to_csv(p, index=False))
+        _write_whole(out_dir / RECORDS, lambda p: records.to_csv(p, index=False))
+        _write_whole(out_dir / EVAL_SUMMARY, lambda p: p.write_text(json.dumps(out, indent=1)))
     return out
 
 # %% ../nbs/09_runs.ipynb #d1ea1ef6
@@ -350,11 +354,11 @@ class BudgetScores:
     """`train`'s `on_checkpoint`: at each of `budgets`, the records (one row per episode, `evaluate`'s columns plus
     `eval_seed`, `budget` and `best_iteration`) of the model the run keeps so far (the best on validation,
     `best.pth`; with `train.select='last'` the current one) on the first `n` test episodes of every
-    evaluation seed, kept in `<out_dir>/budget_records.csv`."""
+    evaluation seed, kept in `<out_dir>/BUDGET_RECORDS`."""
     def __init__(self, cfg: RunConfig, out_dir, budgets, n: int = 100):
         self.cfg, self.out_dir, self.budgets = cfg, Path(out_dir), sorted(budgets)
         self.eval_cfg = dataclasses.replace(cfg, eval=cfg.eval.replace(multiscale='single'))   # scored at one scale
-        self.path = self.out_dir / 'budget_records.csv'
+        self.path = self.out_dir / BUDGET_RECORDS
         self.n = min(n, cfg.eval.episodes or TEST_EPISODES[cfg.dataset])
         self._last = None                    # (best iteration, its records): the model changes only with a new best
         self._test = None

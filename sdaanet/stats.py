@@ -74,6 +74,7 @@ def _shared(cov):
 
 def _seed_var(x): return x.var(-1, ddof=1) if x.shape[-1] > 1 else np.zeros(x.shape[:-1])
 
+# %% ../nbs/12b_stats.ipynb #e93eb5e8
 def _fold_parts(a, b, paired_seeds: bool, paired_episodes: bool):
     "One fold's statistic, its seed parts [(between-seed variance, seeds)] and its episode part; a, b: (inter, union, cls)."
     ma, ga = seed_influence(*a)
@@ -88,6 +89,7 @@ def _fold_parts(a, b, paired_seeds: bool, paired_episodes: bool):
     if paired_episodes: ep = ep - 2 * _pair_cov(ga, gb).mean((-1, -2))
     return ma.mean(-1) - mb.mean(-1), [(_seed_var(ma), ma.shape[-1]), (_seed_var(mb), mb.shape[-1])], ep
 
+# %% ../nbs/12b_stats.ipynb #c5ee4c4c
 def _t_interval(values, seed_parts, episode, level: float) -> dict:
     "Mean over folds (last axis) and its t interval: seed variances pooled over folds, Welch-Satterthwaite df."
     from scipy.stats import t
@@ -104,6 +106,7 @@ def _t_interval(values, seed_parts, episode, level: float) -> dict:
     q = t.ppf((1 + level) / 2, df)
     return dict(value=value, lo=value - q * se, hi=value + q * se, se=se, df=df)
 
+# %% ../nbs/12b_stats.ipynb #ffa221f4
 def _percentile_fold(a, b, n_boot: int, rng, paired_seeds: bool, paired_episodes: bool):
     "`n_boot` replicates of one fold's statistic: the seeds drawn with replacement, the episodes re-weighted."
     def weights(n):                                             # multinomial counts of n draws of n episodes
@@ -121,6 +124,7 @@ def _percentile_fold(a, b, n_boot: int, rng, paired_seeds: bool, paired_episodes
     pick_b = pick_a if paired_seeds else rng.integers(0, len(ib), (n_boot, len(ib)))
     return rep - reps(ib, ub, cb, wb, pick_b)
 
+# %% ../nbs/12b_stats.ipynb #ee96539d
 def interval_arrays(a: list, b: list | None = None, paired_seeds: bool = False, paired_episodes=True,
                     level: float = 0.95, method: str = 't', n_boot: int = 2000, seed: int = 0) -> dict:
     """`bootstrap`'s interval from arrays: `a` (and `b`) hold one (inter, union, cls) per fold, inter and union
@@ -154,6 +158,7 @@ def interval_arrays(a: list, b: list | None = None, paired_seeds: bool = False, 
         out['lo'][i], out['hi'][i] = np.quantile(rep, [(1 - level) / 2, (1 + level) / 2])
     return out | dict(df=None)
 
+# %% ../nbs/12b_stats.ipynb #fab53983
 def bootstrap(a: pd.DataFrame, b: pd.DataFrame | None = None, n_boot: int = 2000, seed: int = 0,
               paired_seeds: bool = False, level: float = 0.95, what: str = 'cell', method: str = 't') -> dict:
     """Mean class mIoU of `a`'s records (or the difference `a` - `b`) over their folds, with a `level` interval over

@@ -14,20 +14,21 @@ import torch
 from distributed import Client, KilledWorker, LocalCluster, Nanny, as_completed, get_worker
 from tqdm.auto import tqdm
 from .core import check_choice, check_positive, checkout_file, preset_section
+from .contract import PARAMS, RUN_NOTEBOOK, METRICS, SEEDS, code_version, git_commit
 from .model import SDAANet
 from .data import load_index
 from .features import feature_cache
 from .runs import RunConfig, run_config, parse_overrides, data_spec, eval_caches
 from .train import run_lock
 from .evaluate import PAPER_SCALES
-from .report import build_report, environment
+from .site import build_report, environment
 
 # %% auto #0
-__all__ = ['METHODS', 'MATRICES', 'DISCREPANCIES', 'REGISTRY_COLUMNS', 'SCHEDULERS', 'LOST', 'study_matrix', 'discrepancy_matrix',
-           'check_train_seeds', 'overrides_for', 'check_overrides', 'run_parameters', 'study_run_config', 'params_hash',
-           'Registry', 'run_notebook_path', 'execute_run', 'collapsed_seeds', 'cluster_options', 'check_scheduler',
-           'local_cluster', 'jobqueue_cluster', 'study_client', 'run_threads', 'small_eval_size', 'run_study',
-           'eval_run_configs', 'prepare', 'study']
+__all__ = ['METHODS', 'MATRICES', 'DISCREPANCIES', 'REGISTRY_COLUMNS', 'ADDED_COLUMNS', 'SCHEDULERS', 'LOST', 'study_matrix',
+           'discrepancy_matrix', 'check_train_seeds', 'overrides_for', 'check_overrides', 'run_parameters',
+           'study_run_config', 'params_hash', 'Registry', 'run_notebook_path', 'execute_run', 'collapsed_seeds',
+           'cluster_options', 'check_scheduler', 'local_cluster', 'jobqueue_cluster', 'study_client', 'run_threads',
+           'small_eval_size', 'run_study', 'eval_run_configs', 'prepare', 'study']
 
 # %% ../nbs/12_study.ipynb #c536fb61
 METHODS = {'baseline': dict(use_sdpm=False, use_saam=False), 'saam': dict(use_sdpm=False, use_saam=True),
@@ -127,13 +128,14 @@ def study_run_config(params: dict) -> RunConfig:
     return run_config(params['preset'], **parse_overrides([*params['overrides'], f"train.device={params['device']}"]))
 
 def params_hash(params: dict) -> str:
-    "A short hash of the parameters that decide a run's result (not where it is written)."
-    d = {k: v for k, v in params.items() if k not in ('out_dir', 'device')}
+    "A short hash of the parameters that decide a run's result (not where it is written, nor the code version)."
+    d = {k: v for k, v in params.items() if k not in ('out_dir', 'device', 'code_version')}
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 # %% ../nbs/12_study.ipynb #253aa7f7
 REGISTRY_COLUMNS = ('run_id', 'method', 'fold', 'train_shots', 'kshot_strategy', 'status', 'collapsed', 'params_hash',
-                    'started', 'ended', 'seconds', 'error', 'out_dir', 'notebook')
+                    'code_version', 'started', 'ended', 'seconds', 'error', 'out_dir', 'notebook')
+ADDED_COLUMNS = ('code_version',)     # columns a registry written before them lacks (read as '')
 
 class Registry:
     "The study's `registry.csv`: one row per run, rewritten atomically on every change (thread-safe)."
@@ -142,6 +144,7 @@ class Registry:
         self.rows = {}
         if self.path.exists():
             df = pd.read_csv(self.path, dtype=str, keep_default_na=False)
+            for c in ADDED_COLUMNS: df[c] = df[c] if c in df else ''
             missing = [c for c in REGISTRY_COLUMNS if c not in df.columns]
             if missing: raise ValueError(f"{self.path} lacks the registry columns {missing}; expected {REGISTRY_COLUMNS}")
             self.rows = {r['run_id']: r for r in df.to_dict('records')}
@@ -174,13 +177,13 @@ def _prctl():
 def execute_run(params: dict, threads: int | None = None, gpu: int | None = None, timeout: int | None = None) -> str | None:
     "Run the per-run notebook with `params` into `params['out_dir']`; returns None, or the error text when it failed."
     out_dir = Path(params['out_dir']); out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / 'params.json').write_text(json.dumps(params, indent=1))
+    (out_dir / PARAMS).write_text(json.dumps(params, indent=1))
     env = dict(os.environ)
     if threads: env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
                            SDAANET_THREADS=str(threads))
     if gpu is not None: env['CUDA_VISIBLE_DEVICES'] = str(gpu)
-    cmd = [sys.executable, '-m', 'papermill', str(run_notebook_path()), str(out_dir / 'run.ipynb'),
-           '-f', str(out_dir / 'params.json'), '--cwd', os.getcwd(), '--no-progress-bar', '-k', 'python3']
+    cmd = [sys.executable, '-m', 'papermill', str(run_notebook_path()), str(out_dir / RUN_NOTEBOOK),
+           '-f', str(out_dir / PARAMS), '--cwd', os.getcwd(), '--no-progress-bar', '-k', 'python3']
     prctl = _prctl()    # PR_SET_PDEATHSIG (1): SIGKILL when the thread that started it ends
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
@@ -192,33 +195,39 @@ def execute_run(params: dict, threads: int | None = None, gpu: int | None = None
         lines = [l.strip() for l in (proc.stderr or proc.stdout).strip().splitlines() if l.strip()]
         errors = [l for l in lines if re.match(r'^[\w.]*(Error|Exception|Interrupt)\b', l)]
         return (errors or lines or [f"papermill exited with {proc.returncode}"])[-1][:500]
-    if not (out_dir / 'metrics.csv').exists(): return f"the run notebook finished without writing {out_dir / 'metrics.csv'}"
+    if not (out_dir / METRICS).exists(): return f"the run notebook finished without writing {out_dir / METRICS}"
     return None
 
 # %% ../nbs/12_study.ipynb #90bd24b8
 def _queue(runs: list[dict], reg: Registry, preset: str, data_root, device, study_dir: Path, extra, retry_failed: bool,
-           progress: bool, train_seeds=None) -> list[dict]:
-    "The papermill parameters of the runs to execute; the others are skipped (done, or failed without a retry)."
+           progress: bool, train_seeds=None, version: str = '', keep_stale: bool = False) -> list[dict]:
+    """The papermill parameters of the runs to execute; the others are skipped (done, or failed without a retry).
+    A run made by another code version than `version` is stale: rerun from scratch, unless `keep_stale` keeps it done."""
     todo = []
     for run in runs:
         params = run_parameters(run, preset, data_root, device, study_dir / 'runs' / run['run_id'], extra, train_seeds)
+        params['code_version'] = version
         h, row = params_hash(params), reg.get(run['run_id'])
-        done = row and row['status'] == 'done' and row['params_hash'] == h and (Path(row['out_dir']) / 'metrics.csv').exists()
-        failed = row and row['status'] == 'failed' and row['params_hash'] == h and not retry_failed
+        same = row and row['params_hash'] == h and row['code_version'] == version
+        done = row and row['status'] == 'done' and row['params_hash'] == h and (Path(row['out_dir']) / METRICS).exists() \
+            and (same or keep_stale)
+        failed = same and row['status'] == 'failed' and not retry_failed
         if done or failed:
-            if progress: print(f"skip {run['run_id']}: {row['status']}" + (' (retry with --retry-failed)' if failed else ''))
+            kept = '' if same else f" (made by code version {row['code_version'] or 'unrecorded'}, kept by --keep-stale)"
+            if progress: print(f"skip {run['run_id']}: {row['status']}" + (' (retry with --retry-failed)' if failed else kept))
             continue
-        resumable = row and row['params_hash'] == h and (row['status'] in ('running', 'pending') or row['error'].startswith(LOST))
+        resumable = same and (row['status'] in ('running', 'pending') or row['error'].startswith(LOST))
         if not resumable and Path(params['out_dir']).exists(): shutil.rmtree(params['out_dir'])  # stale or failed
         reg.update(run['run_id'], method=run['method'], fold=run['fold'], train_shots=run['shots'],
-                   kshot_strategy=run['kshot_strategy'], status='pending', collapsed='', params_hash=h, started='',
-                   ended='', seconds='', error='', out_dir=params['out_dir'], notebook=str(Path(params['out_dir']) / 'run.ipynb'))
+                   kshot_strategy=run['kshot_strategy'], status='pending', collapsed='', params_hash=h, code_version=version,
+                   started='', ended='', seconds='', error='', out_dir=params['out_dir'],
+                   notebook=str(Path(params['out_dir']) / RUN_NOTEBOOK))
         todo.append(params)
     return todo
 
 def collapsed_seeds(out_dir) -> str:
-    "The training seeds a finished run marked collapsed in its `seeds.csv` ('' when none)."
-    path = Path(out_dir) / 'seeds.csv'
+    "The training seeds a finished run marked collapsed in its `SEEDS` file ('' when none)."
+    path = Path(out_dir) / SEEDS
     if not path.exists(): return ''
     seeds = pd.read_csv(path)
     bad = seeds.loc[seeds['collapsed'].astype(bool), 'train_seed'].tolist()
@@ -392,11 +401,12 @@ def run_study(study_dir, preset: str = 'embedded', data_root: str | None = None,
               device: str = 'auto', jobs: int = 1, gpus: list[int] | None = None, retry_failed: bool = False,
               only: list[str] | None = None, extra: list[str] = (), progress: bool = True,
               matrix: str = 'main', *, scheduler: str = 'local', cluster_config: str | None = None,
-              retries: int = 0, train_seeds=None) -> pd.DataFrame:
+              retries: int = 0, train_seeds=None, keep_stale: bool = False) -> pd.DataFrame:
     """Run (or resume) the study `matrix` into `study_dir`; returns the registry. `only` restricts it to these
     run ids; `extra` are `--set` overrides (`KEY=VALUE` for every run, `RUN_ID:KEY=VALUE` for one; part of the
     parameter hash); `train_seeds`: every cell's training seeds (None: the preset's; part of the hash).
-    `scheduler`, `cluster_config`, `retries`: where the runs execute (see `study_client`)."""
+    `scheduler`, `cluster_config`, `retries`: where the runs execute (see `study_client`). A finished run made by
+    another code version (`contract.code_version`) is rerun, unless `keep_stale` keeps it (the registry says which)."""
     study = preset_section(preset, 'study'); check_positive('jobs', jobs, integer=True)
     check_scheduler(scheduler, gpus, cluster_config, retries)
     runs = study_matrix(folds, study['multiscale'], matrix, small_eval_size(preset))
@@ -409,7 +419,8 @@ def run_study(study_dir, preset: str = 'embedded', data_root: str | None = None,
         runs = [r for r in runs if r['run_id'] in only]
     with run_lock(study_dir):                  # one study process per folder: a second one is refused by name
         reg = Registry(study_dir / 'registry.csv')
-        todo = _queue(runs, reg, preset, data_root, device, study_dir, extra, retry_failed, progress, train_seeds)
+        todo = _queue(runs, reg, preset, data_root, device, study_dir, extra, retry_failed, progress, train_seeds,
+                      code_version(), keep_stale)
         threads = run_threads(preset, device, (len(gpus) if gpus else jobs) if scheduler == 'local' else None)
         if todo:
             prepare(todo, threads)
@@ -451,13 +462,14 @@ def prepare(todo: list[dict], threads: int | None = None) -> None:
 def study(study_dir, preset: str = 'embedded', data_root: str | None = None, folds=(0, 1, 2, 3), device: str = 'auto',
           jobs: int = 1, gpus=None, retry_failed: bool = False, html_dir='reports/_html', only=None, extra=(),
           progress: bool = True, matrix: str = 'main', *, scheduler: str = 'local', cluster_config: str | None = None,
-          retries: int = 0, train_seeds=None) -> Path:
+          retries: int = 0, train_seeds=None, keep_stale: bool = False) -> Path:
     """Run the study `matrix` (skipping finished runs) on the Dask cluster `scheduler` names (see `run_study`), then
     build the HTML report of the whole folder; returns the index page."""
     t0 = time.perf_counter()
     study_dir = Path(study_dir)
     reg = run_study(study_dir, preset, data_root, folds, device, jobs, gpus, retry_failed, only, extra, progress, matrix,
-                    scheduler=scheduler, cluster_config=cluster_config, retries=retries, train_seeds=train_seeds)
+                    scheduler=scheduler, cluster_config=cluster_config, retries=retries, train_seeds=train_seeds,
+                    keep_stale=keep_stale)
     split = {'runs_wall': round(time.perf_counter() - t0, 1), **_run_seconds(reg)}
     _write_study_json(study_dir, preset, data_root, folds, reg, split)
     t1 = time.perf_counter()
@@ -470,14 +482,14 @@ def study(study_dir, preset: str = 'embedded', data_root: str | None = None, fol
     return index
 
 def _run_seconds(reg: pd.DataFrame) -> dict:
-    "Training and evaluation seconds summed over the runs' seeds (`seeds.csv`), i.e. over parallel jobs too."
-    seeds = [pd.read_csv(Path(d) / 'seeds.csv') for d in reg['out_dir'] if (Path(d) / 'seeds.csv').exists()]
+    "Training and evaluation seconds summed over the runs' seeds (`SEEDS`), i.e. over parallel jobs too."
+    seeds = [pd.read_csv(Path(d) / SEEDS) for d in reg['out_dir'] if (Path(d) / SEEDS).exists()]
     if not seeds: return {}
     s = pd.concat(seeds)
     return {k: round(float(s[k].sum()), 1) for k in ('train_seconds', 'eval_seconds') if k in s}
 
 def _write_study_json(study_dir: Path, preset: str, data_root, folds, reg: pd.DataFrame, seconds: dict) -> None:
-    params = json.loads(Path(reg['out_dir'].iloc[0], 'params.json').read_text()) if len(reg) else None
+    params = json.loads(Path(reg['out_dir'].iloc[0], PARAMS).read_text()) if len(reg) else None
     cfg = study_run_config(params) if params else run_config(preset)
     names, folds_cls = None, None
     try:
@@ -489,6 +501,7 @@ def _write_study_json(study_dir: Path, preset: str, data_root, folds, reg: pd.Da
                 backbone=cfg.model.backbone, per_shots=preset_section(preset, 'study')['per_shots'],
                 runs=len(reg), done=int((reg['status'] == 'done').sum()), failed=int((reg['status'] == 'failed').sum()),
                 train_seeds=params['train_seeds'] if params else list(preset_section(preset, 'study')['train_seeds']),
-                seconds=seconds,
+                seconds=seconds, code_version=code_version(), git_commit=git_commit(),
+                code_versions=reg.loc[reg['status'] == 'done', 'code_version'].value_counts().to_dict(),
                 class_names=names, fold_classes=folds_cls, generated=_now(), **environment())
     (study_dir / 'study.json').write_text(json.dumps(meta, indent=1))

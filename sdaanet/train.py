@@ -28,6 +28,32 @@ SELECTIONS = ('last', 'val', 'best-test')
 OPTIMIZERS = ('sgd', 'adamw')
 SCHEDULES = ('poly', 'constant')
 
+# %% ../nbs/07_train.ipynb #bb4d71b6
+def _check_train(cfg) -> None:
+    "Check the fields of a `TrainConfig`: types, ranges and choices, named by key."
+    cfg.check_types()
+    for key in ('epochs', 'batch_size', 'log_every'): check_positive(key, getattr(cfg, key), integer=True)
+    if cfg.seed < 0: raise ValueError(f"train.seed={cfg.seed} is not allowed; expected an integer >= 0")
+    for key in ('max_iters', 'checkpoint_every', 'patience', 'val_episodes'):
+        if getattr(cfg, key) is not None: check_positive(key, getattr(cfg, key), integer=True)
+    for key in ('base_lr', 'lr_scale', 'power'): check_positive(key, getattr(cfg, key))
+    for key in ('momentum', 'weight_decay'):
+        if not isinstance(getattr(cfg, key), (int, float)) or getattr(cfg, key) < 0:
+            raise ValueError(f"{key}={getattr(cfg, key)!r} is not allowed; expected a number >= 0")
+    if not isinstance(cfg.workers, int) or cfg.workers < 0:
+        raise ValueError(f"workers={cfg.workers!r} is not allowed; expected an integer >= 0")
+    check_choice('amp', cfg.amp, AMP_MODES); check_choice('select', cfg.select, SELECTIONS)
+    check_choice('optimizer', cfg.optimizer, OPTIMIZERS); check_choice('schedule', cfg.schedule, SCHEDULES)
+    if cfg.patience is not None and cfg.select == 'last':
+        raise ValueError(f"patience={cfg.patience} needs select='val' (or 'best-test'): early stopping watches the validation score")
+    if not isinstance(cfg.val_fraction, (int, float)) or not 0 < cfg.val_fraction < 1:
+        raise ValueError(f"val_fraction={cfg.val_fraction!r} is not allowed; expected a number in (0, 1)")
+    if not isinstance(cfg.warmup_iters, int) or isinstance(cfg.warmup_iters, bool) or cfg.warmup_iters < 0:
+        raise ValueError(f"warmup_iters={cfg.warmup_iters!r} is not allowed; expected an integer >= 0")
+    if not (cfg.device in ('auto', 'cpu', 'cuda') or cfg.device.startswith('cuda:')):
+        raise ValueError(f"device={cfg.device!r} is not allowed; expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+# %% ../nbs/07_train.ipynb #449b86ee
 @dataclass
 class TrainConfig(Settings):
     "How a model is trained; see the presets above. `max_iters` caps a run (a `poly` schedule decays to 0 there)."
@@ -55,29 +81,9 @@ class TrainConfig(Settings):
     val_episodes: int | None = None   # validation episodes per check; None: as many as the evaluation's
     device: str = 'auto'              # 'auto' (cuda when available), 'cpu', 'cuda', 'cuda:N'
 
-    def __post_init__(self):
-        self.check_types()
-        for key in ('epochs', 'batch_size', 'log_every'): check_positive(key, getattr(self, key), integer=True)
-        if self.seed < 0: raise ValueError(f"train.seed={self.seed} is not allowed; expected an integer >= 0")
-        for key in ('max_iters', 'checkpoint_every', 'patience', 'val_episodes'):
-            if getattr(self, key) is not None: check_positive(key, getattr(self, key), integer=True)
-        for key in ('base_lr', 'lr_scale', 'power'): check_positive(key, getattr(self, key))
-        for key in ('momentum', 'weight_decay'):
-            if not isinstance(getattr(self, key), (int, float)) or getattr(self, key) < 0:
-                raise ValueError(f"{key}={getattr(self, key)!r} is not allowed; expected a number >= 0")
-        if not isinstance(self.workers, int) or self.workers < 0:
-            raise ValueError(f"workers={self.workers!r} is not allowed; expected an integer >= 0")
-        check_choice('amp', self.amp, AMP_MODES); check_choice('select', self.select, SELECTIONS)
-        check_choice('optimizer', self.optimizer, OPTIMIZERS); check_choice('schedule', self.schedule, SCHEDULES)
-        if self.patience is not None and self.select == 'last':
-            raise ValueError(f"patience={self.patience} needs select='val' (or 'best-test'): early stopping watches the validation score")
-        if not isinstance(self.val_fraction, (int, float)) or not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction={self.val_fraction!r} is not allowed; expected a number in (0, 1)")
-        if not isinstance(self.warmup_iters, int) or isinstance(self.warmup_iters, bool) or self.warmup_iters < 0:
-            raise ValueError(f"warmup_iters={self.warmup_iters!r} is not allowed; expected an integer >= 0")
-        if not (self.device in ('auto', 'cpu', 'cuda') or self.device.startswith('cuda:')):
-            raise ValueError(f"device={self.device!r} is not allowed; expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    def __post_init__(self): _check_train(self)
 
+# %% ../nbs/07_train.ipynb #87c747c1
 def train_config(preset: str = 'embedded', **overrides) -> TrainConfig:
     "The `preset`'s `TrainConfig` with `overrides`."
     return TrainConfig().replace(**{**preset_section(preset, 'train'), **overrides})
@@ -135,6 +141,7 @@ class SeededEpisodes(torch.utils.data.Dataset):
 class NonFiniteLossError(FloatingPointError):
     "The loss became NaN or infinite; the message names the iteration and the loss terms."
 
+# %% ../nbs/07_train.ipynb #a745effd
 def _rng_state() -> dict:
     "Every global RNG state, in types that `torch.load(weights_only=True)` reads back."
     name, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -149,6 +156,7 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state['torch'])
     if 'cuda' in state and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state['cuda'])
 
+# %% ../nbs/07_train.ipynb #683d6575
 def _tensorboard(out_dir: Path):
     "A TensorBoard writer into `out_dir/tensorboard`, or None when the tensorboard package is not installed."
     try: from torch.utils.tensorboard import SummaryWriter
@@ -172,6 +180,7 @@ def _trim_log(path: Path, iteration: int) -> None:
         if row['iteration'] <= iteration: rows.append(line)
     path.write_text(''.join(r + '\n' for r in rows))
 
+# %% ../nbs/07_train.ipynb #21a78488
 class RunLog:
     "Rows of `train_log.jsonl` (rank 0) and TensorBoard scalars, from `start` on."
     def __init__(self, out_dir: Path, start: int, rank: int):
@@ -259,6 +268,7 @@ def _running(pid: int | None) -> bool:
     except PermissionError: return True                  # another user's process
     return True
 
+# %% ../nbs/07_train.ipynb #14b67bc1
 def _take(path: Path) -> None:
     "Create `path` holding this pid (O_EXCL: one process wins); the lock of a process that no longer runs is taken over."
     for _ in range(3):
@@ -275,6 +285,7 @@ def _take(path: Path) -> None:
         return
     raise RunLockedError(f"run folder {path.parent}: other processes keep taking its lock {path}")
 
+# %% ../nbs/07_train.ipynb #f052a9d4
 @contextmanager
 def run_lock(out_dir):
     "Hold `out_dir/.lock` while a run writes the folder; released on exit, also on an error (an empty folder it made goes)."
@@ -315,6 +326,7 @@ def describe_changes(changes: dict) -> str: return ', '.join(f"{k}: {a!r} -> {b!
 def _grows(key: str, old, new) -> bool:
     return key in GROWABLE and isinstance(old, int) and isinstance(new, int) and new > old
 
+# %% ../nbs/07_train.ipynb #239f7006
 RUN_MARKS = ('checkpoints/last.pth', 'train_log.jsonl')   # a folder holding one of them holds a run
 RUN_OUTPUTS = (*RUN_MARKS, 'checkpoints/best.pth', 'config.json', 'tensorboard', 'budget_records.csv',  # train's files
                'eval_summary.json', 'metrics.csv', 'metrics_summary.csv', 'records.csv', 'episodes')      # run_eval's
@@ -332,6 +344,7 @@ def clear_run(out_dir) -> list[str]:
         elif p.exists() or p.is_symlink(): p.unlink(); gone.append(name)
     return gone
 
+# %% ../nbs/07_train.ipynb #768a198c
 def resume_point(out_dir, resume: bool | str, settings: dict, overwrite: bool = False,
                  check_held: bool = True) -> tuple[dict | None, dict]:
     """The checkpoint a run into `out_dir` continues from (None: a new run) and the settings changed since (see
@@ -388,6 +401,99 @@ def _write_json(path: Path, obj) -> None:
     tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
     tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, path)
 
+# %% ../nbs/07_train.ipynb #cb66d7ae
+@dataclass
+class _Run:
+    "What the steps and checkpoints of one training run share (built by `train`)."
+    model: SDAANet
+    cfg: TrainConfig
+    device: torch.device
+    rank: int
+    world: int
+    channels_last: bool
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    dtype: torch.dtype | None
+    log: RunLog
+    val: Validation
+    ckpt_dir: Path
+    trained_on: dict
+    run_config: dict | None
+    validate: object = None
+    on_checkpoint: object = None
+    saved: int | None = None        # the iteration of this run's newest last.pth
+
+# %% ../nbs/07_train.ipynb #cd13a2db
+def _checkpoint(run: _Run, it: int) -> None:
+    "The checkpoint at iteration `it`: validation (and `best.pth`), `on_checkpoint`, then `last.pth`."
+    model, val, rank, ckpt_dir = run.model, run.val, run.rank, run.ckpt_dir
+    if run.validate is not None and run.cfg.select != 'last':
+        score = run.validate(model); model.train()
+        run.log.write({'iteration': it, 'val_miou': round(score, 6)}, 'val')
+        if val.update(score, it) and rank == 0:
+            save_checkpoint(ckpt_dir / 'best.pth', model, iteration=it, score=score, trained_on=run.trained_on,
+                            run_config=run.run_config)
+    # before last.pth: a run killed in between redoes this checkpoint on resume, so `on_checkpoint` is never skipped
+    if run.on_checkpoint is not None and rank == 0: run.on_checkpoint(it, val.best, model)
+    if rank == 0:
+        save_checkpoint(ckpt_dir / 'last.pth', model, optimizer=run.optimizer.state_dict(), scaler=run.scaler.state_dict(),
+                        iteration=it, rng=_rng_state(), best=val.best, stale=val.stale, train_config=asdict(run.cfg),
+                        run_config=run.run_config, trained_on=run.trained_on)
+    run.saved = it
+
+# %% ../nbs/07_train.ipynb #dd6d988d
+def _check_loss(run: _Run, losses: dict, it: int, epoch: int) -> None:
+    "`NonFiniteLossError` naming the iteration, every loss term and the last good checkpoint when the loss is not finite."
+    if not torch.isfinite(losses['total']):
+        terms = ', '.join(f"{k}={v.item():.4g}" for k, v in losses.items())
+        kept = (f"the last good checkpoint is {run.ckpt_dir / 'last.pth'} (iteration {run.saved})" if run.saved is not None
+                else "no checkpoint of this run was written yet")
+        raise NonFiniteLossError(f"non-finite loss at iteration {it} (epoch {epoch}): {terms}; {kept}")
+
+# %% ../nbs/07_train.ipynb #df3c44e7
+def _steps(run: _Run, dataset, it: int, per_epoch: int, total: int, end: int, progress: bool) -> int:
+    "Train from iteration `it` to `end` or the early stop: steps, log rows and checkpoints. Returns the iteration reached."
+    model, cfg, log, val, device, channels_last = run.model, run.cfg, run.log, run.val, run.device, run.channels_last
+    net = model if run.world == 1 else torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == 'cuda' else None)
+    every = cfg.checkpoint_every or per_epoch
+    encoder = folded_backbone(model) if model.cfg.backbone_bn == 'frozen' else None   # after any resume
+    if encoder is not None and channels_last: encoder = encoder.to(memory_format=torch.channels_last)
+    bar = tqdm(total=end, initial=it, disable=not progress or run.rank != 0, desc='train', dynamic_ncols=True)
+    model.train()
+    t_log, it_log = time.perf_counter(), it
+    try:
+        for it, epoch, batch in episode_batches(dataset, cfg, it, per_epoch, run.rank, run.world, device.type == 'cuda'):
+            if it >= end or val.stop: break
+            run.trained_on['input_size'] = run.trained_on['input_size'] or int(batch['support_masks'].shape[-1])
+            lr = poly_lr(cfg, it, total)
+            seed_dropout(model, cfg.seed, it)
+            losses = train_step(net, model, encoder, to_device(batch, device, channels_last), run.optimizer, run.scaler,
+                                lr, run.dtype)
+            _check_loss(run, losses, it, epoch)
+            it += 1; bar.update(1)
+            if it % cfg.log_every == 0 or it == end:
+                now = time.perf_counter()
+                row = {'iteration': it, 'epoch': epoch, 'lr': lr, **{k: round(v.item(), 6) for k, v in losses.items()},
+                       'it_per_s': round((it - it_log) / (now - t_log), 4)}
+                t_log, it_log = now, it
+                bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in losses} | {'lr': f"{lr:.2e}"})
+                log.write(row)
+            if it % every == 0 or it == end: _checkpoint(run, it)
+    finally:
+        bar.close(); log.close()
+    return it
+
+# %% ../nbs/07_train.ipynb #f3f9606a
+def _batches_per_epoch(dataset, cfg: TrainConfig, world: int) -> int:
+    "The batches of an epoch on each of `world` processes; an error when the episodes cannot fill one batch."
+    per_epoch = EpochSampler(len(dataset), cfg.batch_size, cfg.seed, world=world).batches_per_epoch()
+    if per_epoch == 0:
+        raise ValueError(f"{len(dataset)} training episodes cannot fill one batch of {cfg.batch_size} x {world} "
+                         "process(es); lower batch_size")
+    return per_epoch
+
+# %% ../nbs/07_train.ipynb #d94fd57a
 def train(model: SDAANet, dataset, cfg: TrainConfig, out_dir, resume: bool | str = False, stop_after: int | None = None,
           validate=None, run_config: dict | None = None, progress: bool = True, on_checkpoint=None,
           overwrite: bool = False) -> dict:
@@ -405,68 +511,21 @@ def train(model: SDAANet, dataset, cfg: TrainConfig, out_dir, resume: bool | str
     if stop_after is not None: check_positive('stop_after', stop_after, integer=True)
     settings = run_config or {'train': json.loads(json.dumps(asdict(cfg)))}
     device, rank, world, channels_last, optimizer, dtype, scaler = _prepare(model, cfg)
-    per_epoch = EpochSampler(len(dataset), cfg.batch_size, cfg.seed, world=world).batches_per_epoch()
-    if per_epoch == 0:
-        raise ValueError(f"{len(dataset)} training episodes cannot fill one batch of {cfg.batch_size} x {world} "
-                         "process(es); lower batch_size")
+    per_epoch = _batches_per_epoch(dataset, cfg, world)
     with run_lock(out_dir) if rank == 0 else nullcontext():
         ckpt, changes = resume_point(out_dir, resume, settings, overwrite, check_held=rank == 0)
         replaced = clear_run(out_dir) if overwrite and rank == 0 else []
         total, it, val = cfg.max_iters or cfg.epochs * per_epoch, 0, Validation(cfg.patience)
         if ckpt is not None: it, val = _resume(ckpt, ckpt_dir / 'last.pth', model, optimizer, scaler, cfg)
-        start = saved = it if ckpt is not None else None          # saved: the iteration of this run's newest last.pth
+        start = it if ckpt is not None else None
         if rank == 0 and run_config is not None: _write_json(out_dir / 'config.json', run_config)
         log = RunLog(out_dir, it, rank)
         if changes: log.note({'iteration': it, 'resumed': describe_changes(changes)})
         trained_on = dict(dataset=settings.get('dataset'), fold=settings.get('fold'), input_size=None)
-        net = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == 'cuda' else None)
-        every, end = cfg.checkpoint_every or per_epoch, total if stop_after is None else min(total, it + stop_after)
-
-        def checkpoint():
-            nonlocal saved
-            if validate is not None and cfg.select != 'last':
-                score = validate(model); model.train()
-                log.write({'iteration': it, 'val_miou': round(score, 6)}, 'val')
-                if val.update(score, it) and rank == 0:
-                    save_checkpoint(ckpt_dir / 'best.pth', model, iteration=it, score=score, trained_on=trained_on,
-                                    run_config=run_config)
-            # before last.pth: a run killed in between redoes this checkpoint on resume, so `on_checkpoint` is never skipped
-            if on_checkpoint is not None and rank == 0: on_checkpoint(it, val.best, model)
-            if rank == 0:
-                save_checkpoint(ckpt_dir / 'last.pth', model, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                                iteration=it, rng=_rng_state(), best=val.best, stale=val.stale, train_config=asdict(cfg),
-                                run_config=run_config, trained_on=trained_on)
-            saved = it
-
-        encoder = folded_backbone(model) if model.cfg.backbone_bn == 'frozen' else None   # after any resume
-        if encoder is not None and channels_last: encoder = encoder.to(memory_format=torch.channels_last)
-        bar = tqdm(total=end, initial=it, disable=not progress or rank != 0, desc='train', dynamic_ncols=True)
-        model.train()
-        t_log, it_log = time.perf_counter(), it
-        try:
-            for it, epoch, batch in episode_batches(dataset, cfg, it, per_epoch, rank, world, device.type == 'cuda'):
-                if it >= end or val.stop: break
-                trained_on['input_size'] = trained_on['input_size'] or int(batch['support_masks'].shape[-1])
-                lr = poly_lr(cfg, it, total)
-                seed_dropout(model, cfg.seed, it)
-                losses = train_step(net, model, encoder, to_device(batch, device, channels_last), optimizer, scaler, lr, dtype)
-                if not torch.isfinite(losses['total']):
-                    terms = ', '.join(f"{k}={v.item():.4g}" for k, v in losses.items())
-                    kept = (f"the last good checkpoint is {ckpt_dir / 'last.pth'} (iteration {saved})" if saved is not None
-                            else "no checkpoint of this run was written yet")
-                    raise NonFiniteLossError(f"non-finite loss at iteration {it} (epoch {epoch}): {terms}; {kept}")
-                it += 1; bar.update(1)
-                if it % cfg.log_every == 0 or it == end:
-                    now = time.perf_counter()
-                    row = {'iteration': it, 'epoch': epoch, 'lr': lr, **{k: round(v.item(), 6) for k, v in losses.items()},
-                           'it_per_s': round((it - it_log) / (now - t_log), 4)}
-                    t_log, it_log = now, it
-                    bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in losses} | {'lr': f"{lr:.2e}"})
-                    log.write(row)
-                if it % every == 0 or it == end: checkpoint()
-        finally:
-            bar.close(); log.close()
+        end = total if stop_after is None else min(total, it + stop_after)
+        run = _Run(model, cfg, device, rank, world, channels_last, optimizer, scaler, dtype, log, val, ckpt_dir, trained_on,
+                   run_config, validate, on_checkpoint, saved=start)
+        it = _steps(run, dataset, it, per_epoch, total, end, progress)
     return {'iterations': it, 'total': total, 'finished': it >= total or val.stop, 'stopped_early': val.stop,
-            'best': val.best, 'checkpoint': str(ckpt_dir / 'last.pth') if saved is not None else None,
+            'best': val.best, 'checkpoint': str(ckpt_dir / 'last.pth') if run.saved is not None else None,
             'resumed_from': start, 'changes': {k: list(v) for k, v in changes.items()}, 'replaced': replaced}

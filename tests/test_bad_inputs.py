@@ -400,3 +400,25 @@ def test_study_folder_another_study_writes(capsys, tmp_path):
 def test_predict_threshold_needs_prior_only(files, capsys, tmp_path):
     "`--threshold` only means something with --prior-only; with a trained model it is refused, not ignored."
     check(_predict(files, tmp_path) + ['--threshold', '0.3'], capsys, 2, '--threshold 0.3', '--prior-only')
+
+
+def test_model_shots_is_refused_naming_the_key_that_sets_it(capsys, tmp_path):
+    "`model.shots` would be overwritten by the run's `shots`: an error (exit 2) that names the right key."
+    with pytest.raises(SystemExit) as e:
+        main(['train', '--preset', 'smoke', '--out', str(tmp_path / 'r'), '--set', 'model.shots=5'])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert 'model.shots=5 cannot take effect' in err and '--set shots=5' in err
+
+
+@pytest.mark.parametrize('text', ['none', 'null', 'None', 'NULL'])
+def test_no_backbone_weights_spelled_as_text(text):
+    "`--set model.backbone_weights=none` (or null) means random weights, not a file called 'none'."
+    from sdaanet.runs import run_config, parse_overrides
+    assert run_config('embedded', **parse_overrides([f'model.backbone_weights={text}'])).model.backbone_weights is None
+
+
+def test_missing_weights_file_says_what_is_expected(tmp_path):
+    from sdaanet.backbones import read_state_dict
+    with pytest.raises(FileNotFoundError, match=r"not found: .*w\.pth; expected a state dict file .*none for random"):
+        read_state_dict(tmp_path / 'w.pth')

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 import nbformat
 import pandas as pd
-from sdaanet.report import (build_report, read_study, load_metrics, load_records, measure, fmt, n_seeds, claims_table,
+from sdaanet.report import (read_study, load_metrics, load_records, measure, fmt, n_seeds, claims_table,
                             paper_vs_measured, ONE_SHOT, KEYS)
+from sdaanet.site import build_report
 
 REPORTS = Path(__file__).resolve().parents[1] / 'reports'
 PAPER = pd.read_csv(REPORTS / 'paper_tables.csv', dtype={'fold': str, 'value': str})

@@ -76,6 +76,32 @@ def test_second_call_skips_done_and_failed_runs(smoke_study, capsys):
     assert row['status'] == 'failed' and row['ended'] != before.loc[BAD, 'ended']
 
 
+def test_a_source_change_makes_finished_runs_stale(smoke_study, tmp_path, monkeypatch, capsys):
+    "A changed module gives another code version: a finished run is queued again, unless keep_stale keeps it."
+    import shutil, sdaanet, sdaanet.study as st
+    from sdaanet.contract import code_version
+    d, root, extra, _ = smoke_study
+    reg = Registry(d / 'study' / 'registry.csv').frame().set_index('run_id')
+    assert reg.loc[GOOD, 'code_version'] == code_version()
+    meta = json.loads((d / 'study' / 'study.json').read_text())
+    assert meta['code_version'] == code_version() and meta['code_versions'] == {code_version(): 1}
+    assert json.loads((d / 'study' / 'runs' / GOOD / 'params.json').read_text())['code_version'] == code_version()
+    pkg = tmp_path / 'sdaanet'; shutil.copytree(os.path.dirname(sdaanet.__file__), pkg)
+    (pkg / 'losses.py').write_text((pkg / 'losses.py').read_text().replace('return', 'return  ', 1))   # one edit
+    changed = code_version(pkg, os.path.join(os.path.dirname(os.path.dirname(sdaanet.__file__)), 'nbs', 'run.ipynb'))
+    assert changed != code_version()
+    monkeypatch.setattr(st, 'code_version', lambda: changed)
+    kept = run_study(d / 'study', 'smoke', str(root), folds=(0,), device='cpu', only=[GOOD], extra=extra, keep_stale=True)
+    assert f'skip {GOOD}: done (made by code version {code_version()}, kept by --keep-stale)' in capsys.readouterr().out
+    assert kept.set_index('run_id').loc[GOOD, 'ended'] == reg.loc[GOOD, 'ended']
+    copy = tmp_path / 'study'; shutil.copytree(d / 'study', copy)     # queue on a copy: a stale run's folder is cleared
+    runs = st.study_matrix((0,))
+    todo = st._queue([r for r in runs if r['run_id'] == GOOD], Registry(copy / 'registry.csv'), 'smoke', str(root), 'cpu',
+                     copy, extra, False, False, None, changed, False)
+    assert [p['run_id'] for p in todo] == [GOOD] and todo[0]['code_version'] == changed
+    assert Registry(copy / 'registry.csv').get(GOOD)['code_version'] == changed
+
+
 def test_jobs_do_not_change_the_numbers(data):
     "The same runs one at a time and two side by side (in another order of completion): identical metrics.csv."
     d, root = data
