@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from .core import checkout_file
+from .contract import METRICS, RECORDS, SEEDS, BUDGET_RECORDS, RUN_KEYS
 from .stats import bootstrap, verdict, weighted_miou
 
 # %% auto #0
@@ -29,8 +30,7 @@ FOLDS = (0, 1, 2, 3)
 COLUMNS = [f'Fold-{f}' for f in FOLDS] + ['Mean']
 DATASETS = {'pascal': 'PASCAL-5i', 'coco': 'COCO-20i', 'embedded': 'embedded benchmark'}
 NOT_APPLICABLE = 'not part of the study design'
-KEYS = ['run_id', 'method', 'fold', 'train_shots', 'kshot_strategy', 'eval_shots', 'multiscale', 'scoring',
-        'train_seed', 'eval_seed']
+KEYS = list(RUN_KEYS)
 METRIC_COLUMNS = KEYS + ['metric', 'class_id', 'value']
 RECORD_COLUMNS = KEYS + ['episode', 'class_id', 'iou', 'fg_pixels', 'intersection', 'union', 'collapsed']
 METHOD_NAMES = {'baseline': 'Baseline', 'saam': 'Baseline + SAAM', 'sdpm': 'Baseline + SDPM', 'sdaanet': 'SD-AANet',
@@ -71,16 +71,16 @@ def _done_csvs(registry, study_dir, name: str):
 
 # %% ../nbs/13_report.ipynb #57b0cf24
 def load_metrics(registry: pd.DataFrame, study_dir) -> pd.DataFrame:
-    "The `metrics.csv` rows of every finished run of `registry` (class_id as a nullable integer)."
-    frames = [m for _, m in _done_csvs(registry, study_dir, 'metrics.csv')]
+    "The `METRICS` rows of every finished run of `registry` (class_id as a nullable integer)."
+    frames = [m for _, m in _done_csvs(registry, study_dir, METRICS)]
     m = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
     m['class_id'] = pd.to_numeric(m['class_id'], errors='coerce').astype('Int64')
     return m.astype({'fold': int, 'train_shots': int, 'eval_shots': int, 'train_seed': int, 'value': float})
 
 def seed_flags(d: Path) -> pd.DataFrame:
-    "A run folder's `seeds.csv` as columns train_seed and collapsed (bool); empty when the file is absent."
-    if not (d / 'seeds.csv').exists(): return pd.DataFrame({'train_seed': pd.Series(dtype=int), 'collapsed': pd.Series(dtype=bool)})
-    s = pd.read_csv(d / 'seeds.csv')
+    "A run folder's `SEEDS` file as columns train_seed and collapsed (bool); empty when the file is absent."
+    if not (d / SEEDS).exists(): return pd.DataFrame({'train_seed': pd.Series(dtype=int), 'collapsed': pd.Series(dtype=bool)})
+    s = pd.read_csv(d / SEEDS)
     return s[['train_seed']].assign(collapsed=s['collapsed'].astype(str).str.strip().str.lower().isin(['true', '1']))
 
 # %% ../nbs/13_report.ipynb #78afa9eb
@@ -91,8 +91,8 @@ def with_flags(records: pd.DataFrame, d: Path) -> pd.DataFrame:
     return r
 
 def load_records(registry: pd.DataFrame, study_dir) -> pd.DataFrame:
-    "The `records.csv` rows of every finished run of `registry`, with `collapsed` per (run_id, train_seed)."
-    frames = [with_flags(r, d) for d, r in _done_csvs(registry, study_dir, 'records.csv')]
+    "The `RECORDS` rows of every finished run of `registry`, with `collapsed` per (run_id, train_seed)."
+    frames = [with_flags(r, d) for d, r in _done_csvs(registry, study_dir, RECORDS)]
     r = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RECORD_COLUMNS)
     return r.astype({'fold': int, 'train_shots': int, 'eval_shots': int, 'train_seed': int, 'collapsed': bool})
 
@@ -117,7 +117,7 @@ def measure(registry, records, method, fold, train_shots, eval_shots, multiscale
     done = _runs(registry, 'baseline' if method == 'prior-mask' else method, fold, train_shots, kshot)
     if isinstance(done, str): return done
     first = done.run_id.iloc[0]
-    if not done.run_id.isin(set(records.run_id)).any(): return f'{first}: done but no records.csv found'
+    if not done.run_id.isin(set(records.run_id)).any(): return f'{first}: done but no {RECORDS} found'
     rows = records[records.run_id.isin(done.run_id) & (records.method == method) & (records.eval_shots == eval_shots)]
     if multiscale == MULTI:
         rows = rows[rows.multiscale != 'single']
@@ -410,12 +410,12 @@ def claims_table(registry, records, paper, claims: dict = CLAIMS) -> pd.DataFram
 
 # %% ../nbs/13_report.ipynb #7055e4c3
 def load_seeds(registry: pd.DataFrame, study_dir) -> pd.DataFrame:
-    "The `seeds.csv` rows of every done run, with its run_id, method, fold, train_shots and kshot_strategy."
+    "The `SEEDS` rows of every done run, with its run_id, method, fold, train_shots and kshot_strategy."
     frames = []
     for row in registry.query("status == 'done'").to_dict('records'):
         d = run_dir(row, study_dir)
-        if d is None or not (d / 'seeds.csv').exists(): continue
-        frames.append(pd.read_csv(d / 'seeds.csv').assign(
+        if d is None or not (d / SEEDS).exists(): continue
+        frames.append(pd.read_csv(d / SEEDS).assign(
             run_id=row['run_id'], method=row['method'], fold=int(row['fold']), train_shots=int(row['train_shots']),
             kshot_strategy=row['kshot_strategy']))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -444,7 +444,7 @@ def convergence_table(seeds: pd.DataFrame) -> pd.DataFrame:
 # %% ../nbs/13_report.ipynb #5e752503
 def cap_summary(seeds: pd.DataFrame) -> str:
     "One sentence: how many models of the study reached their iteration cap, and in which cells."
-    if seeds.empty or 'hit_cap' not in seeds: return 'Cap hits: not recorded (no seeds.csv with `hit_cap`).'
+    if seeds.empty or 'hit_cap' not in seeds: return f'Cap hits: not recorded (no {SEEDS} with `hit_cap`).'
     hit = _flag(seeds.hit_cap)
     cells = seeds[hit].groupby(['method', 'train_shots', 'kshot_strategy']).size()
     where = '; '.join(f"{METHOD_NAMES.get(m, m)} {k}-shot{f' {ks}' if k > 1 else ''}: {n}" for (m, k, ks), n in cells.items())
@@ -455,8 +455,8 @@ def cap_summary(seeds: pd.DataFrame) -> str:
 FINAL = 'final'      # the budget column of the converged models (their own evaluation records)
 
 def load_budget_records(registry: pd.DataFrame, study_dir) -> pd.DataFrame:
-    "The `budget_records.csv` rows of every done run, with `collapsed` per (run_id, train_seed) as `load_records`."
-    frames = [with_flags(r, d) for d, r in _done_csvs(registry, study_dir, 'budget_records.csv')]
+    "The `BUDGET_RECORDS` rows of every done run, with `collapsed` per (run_id, train_seed) as `load_records`."
+    frames = [with_flags(r, d) for d, r in _done_csvs(registry, study_dir, BUDGET_RECORDS)]
     if not frames: return pd.DataFrame(columns=RECORD_COLUMNS + ['budget', 'best_iteration'])
     return pd.concat(frames, ignore_index=True).astype({'fold': int, 'train_shots': int, 'eval_shots': int,
                                                         'train_seed': int, 'collapsed': bool, 'budget': int})

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from .contract import METRICS, RECORDS, BUDGET_RECORDS, EVAL_SUMMARY, METRICS_SUMMARY
 from .core import Settings, check_choice, check_positive, preset_section, seed_everything
 from .model import SDAANet, folded_backbone
 from .modules import seed_dropout
@@ -328,8 +329,8 @@ def _grows(key: str, old, new) -> bool:
 
 # %% ../nbs/07_train.ipynb #239f7006
 RUN_MARKS = ('checkpoints/last.pth', 'train_log.jsonl')   # a folder holding one of them holds a run
-RUN_OUTPUTS = (*RUN_MARKS, 'checkpoints/best.pth', 'config.json', 'tensorboard', 'budget_records.csv',  # train's files
-               'eval_summary.json', 'metrics.csv', 'metrics_summary.csv', 'records.csv', 'episodes')      # run_eval's
+RUN_OUTPUTS = (*RUN_MARKS, 'checkpoints/best.pth', 'config.json', 'tensorboard', BUDGET_RECORDS,  # train's files
+               EVAL_SUMMARY, METRICS, METRICS_SUMMARY, RECORDS, 'episodes')      # run_eval's
 
 def held_run(out_dir) -> list[Path]:
     "The files that show `out_dir` holds a run (`RUN_MARKS` that exist)."
