@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sdaanet-installed
 
-.PHONY: study test export check-export nbtest pytest test-slow clean-venv docs gpu-check
+.PHONY: study test export check-export nbtest pytest test-slow clean-venv docs gpu-check paper-check
 
 $(STAMP): settings.ini setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,15 @@ test-slow: check-export
 # reports/gpu_check.json and prints a table; exit code 2 without a CUDA device.
 gpu-check: $(STAMP)
 	$(BIN)/python -m sdaanet.gpu_check --device cuda --out reports/gpu_check.json
+
+# The paper's path end to end before a GPU study (sdaanet check, nbs/10b_check.ipynb): a small generated VOC 2012
+# folder, ResNet-50 at 321/473 px, both variants, 1 and 5 shots, a two-cell study through papermill and Dask, the
+# report; prints the stage table with full-schedule estimates; exit 1 on any failure. On a GPU: DEVICE=cuda.
+DEVICE ?= auto
+paper-check: $(STAMP)
+	@start=$$(date +%s); \
+	$(BIN)/sdaanet check --preset pascal --device $(DEVICE) && \
+	echo "make paper-check: wall time $$(( $$(date +%s) - start )) s"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -8,12 +8,13 @@ from pathlib import Path
 import torch
 from torch import nn
 import torchvision
-from .core import check_choice, BACKBONES, IMAGENET_MEAN, IMAGENET_STD
+from .core import check_choice, BACKBONES, IMAGENET_MEAN, IMAGENET_STD, STAND_IN
 
 # %% auto #0
 __all__ = ['imagenet_weights_path', 'read_state_dict', 'Backbone', 'resnet_backbone', 'vgg16_bn_backbone',
            'efficientnet_lite0_weights_path', 'map_efficientnet_keys', 'efficientnet_lite0',
-           'efficientnet_lite0_backbone', 'imagenet_normalize', 'build_backbone']
+           'efficientnet_lite0_backbone', 'imagenet_normalize', 'build_backbone', 'calibration_images',
+           'calibrate_batchnorm', 'stand_in_backbone']
 
 # %% ../nbs/02_backbones.ipynb #2db20a4f
 _TORCHVISION_WEIGHTS = {
@@ -79,9 +80,9 @@ def _dilate(stage: nn.Module, dilation: int) -> None:
         elif name.endswith('downsample.0'):
             m.stride = (1, 1)
 
-def resnet_backbone(name: str = 'resnet50', weights=None) -> Backbone:
+def resnet_backbone(name: str = 'resnet50', weights=None, zero_init_residual: bool = False) -> Backbone:
     "Dilated torchvision ResNet; `weights` is None (random), 'imagenet' or a path."
-    net = getattr(torchvision.models, name)(weights=None)
+    net = getattr(torchvision.models, name)(weights=None, zero_init_residual=zero_init_residual)
     if weights is not None: net.load_state_dict(_torchvision_state_dict(name, weights))
     _dilate(net.layer3, 2); _dilate(net.layer4, 4)
     layer0 = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
@@ -146,8 +147,32 @@ def imagenet_normalize(img: torch.Tensor) -> torch.Tensor:
 
 # %% ../nbs/02_backbones.ipynb #0252d390
 def build_backbone(name: str, weights=None) -> Backbone:
-    "The frozen backbone `name` (see `BACKBONES`) with `weights` None (random), 'imagenet' or a path."
+    "The frozen backbone `name` (see `BACKBONES`) with `weights` None (random), 'imagenet', a path or 'stand-in'."
     check_choice('backbone', name, BACKBONES)
+    if weights == STAND_IN: return stand_in_backbone(name)
     if name.startswith('resnet'): return resnet_backbone(name, weights)
     if name == 'vgg16_bn': return vgg16_bn_backbone(weights)
     return efficientnet_lite0_backbone(weights)
+
+# %% ../nbs/02_backbones.ipynb #b4154edb
+def calibration_images(n: int = 4, size: int = 161, seed: int = 0) -> torch.Tensor:
+    "`n` seeded smooth-noise images `(n, 3, size, size)`, each standardised like an ImageNet-normalised photo."
+    g = torch.Generator().manual_seed(seed)
+    x = nn.functional.interpolate(torch.randn(n, 3, 12, 12, generator=g), size=size, mode='bilinear', align_corners=False)
+    return (x - x.mean((1, 2, 3), keepdim=True)) / x.std((1, 2, 3), keepdim=True)
+
+def calibrate_batchnorm(backbone: Backbone, images: torch.Tensor) -> Backbone:
+    "Recompute every BatchNorm's running statistics of `backbone` from one pass over `images`; left in eval mode."
+    bns = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in bns: bn.reset_running_stats(); bn.momentum = None           # None: a cumulative average
+    backbone.train()
+    with torch.no_grad(): backbone(images)
+    for bn in bns: bn.momentum = 0.1
+    return backbone.eval()
+
+def stand_in_backbone(name: str) -> Backbone:
+    "Deterministic stand-in weights for backbone `name` (see above): O(1) activations without ImageNet weights."
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = resnet_backbone(name, zero_init_residual=True) if name.startswith('resnet') else build_backbone(name)
+    return calibrate_batchnorm(net, calibration_images())

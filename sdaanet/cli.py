@@ -301,6 +301,27 @@ def _study_command(args) -> None:
                   train_seeds=args.train_seeds, keep_stale=args.keep_stale)
     print(index)
 
+# %% ../nbs/11_cli.ipynb #4ca2089f
+def _add_check_parser(sub) -> None:
+    p = sub.add_parser('check', help="the paper's path end to end on a small generated dataset (run it before a GPU study)")
+    p.add_argument('--preset', default='pascal', choices=('pascal', 'coco'))
+    p.add_argument('--dir', default=None, help='folder of the check (default runs/check-<preset>; an earlier check there is replaced)')
+    p.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda'")
+    p.add_argument('--iters', type=positive_int, default=2, help='training iterations of each training stage')
+    p.add_argument('--episodes', type=positive_int, default=2, help='test episodes per evaluation seed (two seeds)')
+    p.add_argument('--smallest', action='store_true', help='65 px training, 97 px evaluation: the same stages in a minute or two')
+
+def _check_command(args) -> None:
+    from sdaanet.check import check, table
+    t0 = time.perf_counter()
+    out = Path(args.dir or f'runs/check-{args.preset}')
+    rows = check(args.preset, out, args.device, args.iters, args.episodes, args.smallest, log=lambda s: print(s, flush=True))
+    text = table(rows, args.preset, time.perf_counter() - t0)
+    (out / 'check.txt').write_text(text + '\n')
+    print(text)
+    failed = [r.name for r in rows if r.status != 'ok']
+    if failed: raise RuntimeError(f"{len(failed)} stage(s) did not pass: {', '.join(failed)} (table: {out / 'check.txt'})")
+
 # %% ../nbs/11_cli.ipynb #730922fc
 USAGE_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError)
 
@@ -313,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_parser(sub)
     _add_run_parsers(sub)
     _add_study_parser(sub)
+    _add_check_parser(sub)
     return parser
 
 # %% ../nbs/11_cli.ipynb #cbd4593a
@@ -346,6 +368,7 @@ def _dispatch(args) -> None:
                          indent=1))
     elif args.command == 'data': _data_command(args)
     elif args.command == 'study': _study_command(args)
+    elif args.command == 'check': _check_command(args)
     else: _run_command(args)
 
 # %% ../nbs/11_cli.ipynb #27bc47ff

@@ -12,8 +12,9 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'IGNORE', 'BACKBONES', 'VARIANTS', 'KSHOT_STRATEGIES', 'BACKBONE_BN_MODES',
-           'NO_WEIGHTS', 'SDPM_PARTS', 'DECODER_BINS', 'PRESETS', 'check_choice', 'check_positive', 'checkout_file',
-           'check_types', 'Settings', 'ModelConfig', 'preset_section', 'model_config', 'seed_everything']
+           'NO_WEIGHTS', 'STAND_IN', 'SDPM_PARTS', 'DECODER_BINS', 'PRESETS', 'check_choice', 'check_positive',
+           'checkout_file', 'check_types', 'Settings', 'ModelConfig', 'preset_section', 'model_config',
+           'seed_everything']
 
 # %% ../nbs/00_core.ipynb #d12dba24
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -88,6 +89,7 @@ VARIANTS = ('official', 'paper')
 KSHOT_STRATEGIES = ('integral', 'separate')
 BACKBONE_BN_MODES = ('frozen', 'train')
 NO_WEIGHTS = ('none', 'null')    # backbone_weights spelled as text that mean None: random initial weights
+STAND_IN = 'stand-in'            # backbone_weights of deterministic stand-in weights (activations O(1); see backbones)
 SDPM_PARTS = ('teacher', 'kd', 'reweight')        # the `sdpm_<part>` switches; each follows `variant` when None
 
 @dataclass
@@ -95,7 +97,7 @@ class ModelConfig(Settings):
     "Every switch and size of `SDAANet`; the list above says what each switch means."
     _what, _section = 'model setting', 'model'
     backbone: str = 'resnet50'
-    backbone_weights: str | None = 'imagenet'  # 'imagenet', a state dict's path, or None ('none', 'null': random init)
+    backbone_weights: str | None = 'imagenet'  # 'imagenet', a state dict's path, 'stand-in', or None ('none', 'null': random init)
     backbone_bn: str = 'frozen'
     variant: str = 'official'
     sdpm_teacher: str | None = None

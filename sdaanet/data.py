@@ -249,24 +249,32 @@ def split_validation(index: ClassIndex, fraction: float, seed: int) -> tuple[Cla
     return index.subset(np.sort(order[n_val:])), index.subset(np.sort(order[:n_val]))
 
 # %% ../nbs/01_data.ipynb #117aa6de
-def _cache_key(items: list, n_classes: int) -> str:
-    h = hashlib.sha1(f"{CACHE_FORMAT}|{n_classes}\n".encode())
+def _list_stamp(items: list, n_classes: int) -> tuple[str, list[tuple[str, str]]]:
+    "The cache key of `items` (ids; files' paths, sizes, mtimes) and the (kind, path) of each listed file that does not exist."
+    h, missing = hashlib.sha1(f"{CACHE_FORMAT}|{n_classes}\n".encode()), []
     for image_id, img, lbl in items:
         h.update(image_id.encode())
-        for p in (img, lbl):
+        for kind, p in (('image', img), ('label', lbl)):
             try: st = os.stat(p); h.update(f"|{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+            except FileNotFoundError: missing.append((kind, str(p)))
             except OSError: h.update(f"|{p}|missing".encode())
         h.update(b"\n")
-    return h.hexdigest()
+    return h.hexdigest(), missing
+
+def _cache_key(items: list, n_classes: int) -> str:
+    "The cache key alone (the feature cache's stamp of an index's files)."
+    return _list_stamp(items, n_classes)[0]
 
 def _warn_skipped(skipped, what: str) -> None:
     if skipped:
         warnings.warn(f"{what}: skipped {len(skipped)} unreadable file(s), e.g. {skipped[0]}", stacklevel=3)
 
 def index_table(items: list[tuple[str, str, str]], n_classes: int, cache_file: Path, workers: int | None = None,
-                progress: bool = True) -> dict:
-    "The class-area table of `items` (id, image path, label path), from `cache_file` when still valid."
-    key = _cache_key(items, n_classes)
+                progress: bool = True, what: str = 'the list') -> dict:
+    """The class-area table of `items` (id, image path, label path), from `cache_file` when still valid; a `DataError`
+    when `what` (the list, for the message) names files that do not exist."""
+    key, missing = _list_stamp(items, n_classes)
+    _refuse_missing(missing, what)
     if cache_file.exists():
         try:
             with np.load(cache_file) as z:
@@ -286,6 +294,14 @@ def index_table(items: list[tuple[str, str, str]], n_classes: int, cache_file: P
         np.savez(f, key=np.array(key), **{k: (np.array(v, dtype=str) if isinstance(v, list) else v) for k, v in t.items()})
     os.replace(tmp, cache_file)
     return t
+
+# %% ../nbs/01_data.ipynb #ea30ac90
+def _refuse_missing(missing: list[tuple[str, str]], what: str) -> None:
+    "A `DataError` counting the images and labels `what` names that do not exist (`missing`: (kind, path)), with the first 3."
+    if not missing: return
+    count = lambda kind: sum(k == kind for k, _ in missing)
+    raise DataError(f"{what} names {count('image')} image(s) and {count('label')} label(s) that do not exist, e.g. "
+                    f"{', '.join(p for _, p in missing[:3])}; expected every listed file to exist (a partial download? another root?)")
 
 # %% ../nbs/01_data.ipynb #3b1472c2
 VOC_LAYOUT = ("a VOC 2012 folder with JPEGImages/, ImageSets/Segmentation/train.txt and val.txt, and "
@@ -320,12 +336,14 @@ def _dedup(items, what) -> list:
 
 # %% ../nbs/01_data.ipynb #1537c067
 def _sbd_png(sbd: Path, image_id: str, out: Path) -> str | None:
-    "Convert SBD's `cls/<id>.mat` to `out/<id>.png` unless already done; None when unreadable."
+    "Convert SBD's `cls/<id>.mat` to `out/<id>.png` unless already done; None when unreadable, the `.mat` when missing."
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
     mat, png = sbd / 'cls' / f'{image_id}.mat', out / f'{image_id}.png'
-    if png.exists() and mat.exists() and png.stat().st_mtime_ns >= mat.stat().st_mtime_ns: return str(png)
+    if not mat.exists(): return str(mat)         # listed but missing: the index refuses it with the list's other missing files
+    if png.exists() and png.stat().st_mtime_ns >= mat.stat().st_mtime_ns: return str(png)
     try: seg = loadmat(mat, squeeze_me=True, struct_as_record=False)['GTcls'].Segmentation
-    except (OSError, ValueError): return None
+    except (OSError, ValueError, MatReadError): return None       # MatReadError: a truncated file
     except (KeyError, AttributeError) as e:
         raise DataError(f"{mat} has no GTcls.Segmentation; expected an SBD class label file") from e
     tmp = png.with_suffix('.tmp.png')
@@ -512,7 +530,8 @@ def load_index(spec: DataSpec, workers: int | None = None, progress: bool = True
         folds = fold_classes(20)
     ident = f"{spec.name}|{Path(spec.root).resolve()}|{spec.split}|{spec.list_file}|{spec.sbd}"
     cache_file = cache_dir / f"index-{spec.name}-{spec.split}-{hashlib.sha1(ident.encode()).hexdigest()[:12]}.npz"
-    t = index_table(items, len(names), cache_file, workers, progress)
+    t = index_table(items, len(names), cache_file, workers, progress,
+                    what=f"the {spec.name} {spec.split} list " + (spec.list_file or f"of {spec.root}"))
     _warn_skipped(t['skipped'], f"{spec.name} {spec.split} index of {spec.root}")
     if not t['ids']:
         layout = {'pascal': VOC_LAYOUT, 'coco': COCO_LAYOUT, 'embedded': EMBEDDED_LAYOUT}[spec.name]

@@ -8,7 +8,7 @@ import argparse, json, statistics, sys, tempfile, time
 from pathlib import Path
 import pandas as pd
 import torch
-from .core import ModelConfig, check_positive
+from .core import ModelConfig, check_positive, STAND_IN
 from .model import SDAANet, inference_copy
 from .engine import autocast_dtype, resolve_device
 from .train import train, train_config
@@ -61,13 +61,13 @@ def _check_train_args(iters, batch) -> None:
 
 def train_check(device: str, iters: int = 50, batch: int = 4, size: int = 321, model: dict | None = None) -> tuple[SDAANet, dict]:
     """`iters` iterations of the study's trainer with the pascal preset's settings on `model` (ModelConfig settings;
-    default ResNet-50), random weights, at `size` px; returns the model and the loss, speed and peak memory."""
+    default ResNet-50), stand-in weights, at `size` px; returns the model and the loss, speed and peak memory."""
     _check_train_args(iters, batch)
     dev = resolve_device(device)
     cfg = train_config('pascal', max_iters=iters, batch_size=batch, log_every=1, checkpoint_every=iters, workers=0,
                        device=device)
     torch.manual_seed(0)
-    model = SDAANet(ModelConfig(**{'backbone': 'resnet50', **(model or {}), 'backbone_weights': None}))
+    model = SDAANet(ModelConfig(**{'backbone': 'resnet50', **(model or {}), 'backbone_weights': STAND_IN}))
     if dev.type == 'cuda': torch.cuda.reset_peak_memory_stats(dev)
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()

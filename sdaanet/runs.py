@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_runs.ipynb #78d08bbd
 from __future__ import annotations
-import dataclasses, json, os, time, warnings
+import dataclasses, json, os, shutil, time, warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -12,8 +12,10 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from .contract import METRICS, METRICS_SUMMARY, RECORDS, EVAL_SUMMARY, BUDGET_RECORDS
-from .core import ModelConfig, Settings, PRESETS, check_choice, check_positive, check_types, model_config, preset_section, seed_everything
+from .core import ModelConfig, Settings, PRESETS, STAND_IN, check_choice, check_positive, check_types, model_config, preset_section, seed_everything
 from .data import DataSpec, DATASETS, EvalEpisodes, TrainEpisodes, split_validation, TEST_EPISODES, load_index, make_episode_list, save_episode_list
+from .data import ClassIndex, _check_shots, default_cache_dir
+from .backbones import imagenet_weights_path, efficientnet_lite0_weights_path, read_state_dict, _torchvision_state_dict
 from .model import SDAANet, inference_copy
 from .features import feature_cache, CachedTrainEpisodes, CachedEvalEpisodes
 from .checkpoints import load_checkpoint, load_official_checkpoint
@@ -22,8 +24,10 @@ from .engine import resolve_device, init_distributed, AMP_MODES
 from .evaluate import EvalResult, SegMetrics, evaluate, aggregate_seeds, eval_seeds, SCORINGS, MULTISCALE, PAPER_SCALES
 
 # %% auto #0
-__all__ = ['SECTIONS', 'MIN_SIZE', 'EvalConfig', 'DataConfig', 'data_spec', 'RunConfig', 'run_config', 'parse_overrides',
-           'evaluate_episodes', 'eval_scales', 'eval_caches', 'eval_size', 'run_eval', 'run_train', 'BudgetScores']
+__all__ = ['SECTIONS', 'MIN_SIZE', 'DISK_MARGIN', 'EvalConfig', 'DataConfig', 'data_spec', 'RunConfig', 'run_config',
+           'parse_overrides', 'evaluate_episodes', 'eval_scales', 'eval_caches', 'eval_size', 'run_eval', 'run_train',
+           'weights_file', 'images_per_class', 'checkpoint_bytes', 'cache_bytes', 'free_bytes', 'DiskSpaceError',
+           'check_disk', 'preflight', 'BudgetScores']
 
 # %% ../nbs/09_runs.ipynb #00d0bed6
 @dataclass
@@ -328,6 +332,7 @@ def run_train(cfg: RunConfig, out_dir, resume: bool | str = False, stop_after: i
     out_dir = Path(out_dir)
     resume_point(out_dir, resume, cfg.to_dict(), overwrite,     # a refused run fails before the data is read
                  check_held=os.environ.get('RANK', '0') == '0')   # torchrun: rank 0 looks (see resume_point)
+    preflight(cfg, out_dir, progress)                   # what would fail late (test split, weights, disk) fails here
     seed_everything(cfg.train.seed)                     # the head's initial weights are part of the seed's result
     model = SDAANet(cfg.model)
     train_spec = data_spec(cfg, 'train')
@@ -348,6 +353,101 @@ def run_train(cfg: RunConfig, out_dir, resume: bool | str = False, stop_after: i
                else TrainEpisodes(index, cfg.fold, cfg.shots, train_spec.transform()))
     return train(model, dataset, cfg.train, out_dir, resume=resume, stop_after=stop_after, validate=validate,
                  run_config=cfg.to_dict(), progress=progress, on_checkpoint=on_checkpoint, overwrite=overwrite)
+
+# %% ../nbs/09_runs.ipynb #3e8ca7fc
+def weights_file(model: ModelConfig) -> Path | None:
+    """The backbone weights file `model` loads, else the loader's own `FileNotFoundError` saying where it belongs;
+    None for random (None) or stand-in weights."""
+    w, lite = model.backbone_weights, model.backbone == 'efficientnet_lite0'
+    if w in (None, STAND_IN): return None
+    path = Path(w) if w != 'imagenet' else efficientnet_lite0_weights_path() if lite else imagenet_weights_path(model.backbone)
+    if not path.is_file():          # both raise before they read anything: the file is not there
+        if lite: read_state_dict(path)
+        else: _torchvision_state_dict(model.backbone, w)
+    return path
+
+# %% ../nbs/09_runs.ipynb #8a0e8f06
+def images_per_class(index: ClassIndex, cfg: RunConfig) -> dict:
+    "The images of `index` and the fewest of any fold class against the `shots + 1` needed; `DataError` when too few."
+    lists = index.class_lists(cfg.fold)
+    _check_shots(lists, cfg.shots, index, cfg.fold)
+    return dict(images=len(index.ids), fewest_per_class=min(map(len, lists.values())), needed=cfg.shots + 1)
+
+# %% ../nbs/09_runs.ipynb #d485a765
+def checkpoint_bytes(cfg: RunConfig, model: SDAANet) -> dict[str, int]:
+    """Bytes of each checkpoint a run of `cfg` keeps (`model`: its model; on the meta device is enough): the state dict,
+    and in `last.pth` the optimiser's buffers of the trainable parameters too (SGD with momentum: one, AdamW: two)."""
+    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    trainable = sum(p.numel() * p.element_size() for p in model.trainable_parameters())
+    buffers = 2 if cfg.train.optimizer == 'adamw' else int(cfg.train.momentum > 0)
+    return {'last.pth': state + buffers * trainable, **({} if cfg.train.select == 'last' else {'best.pth': state})}
+
+# %% ../nbs/09_runs.ipynb #79ad281d
+def cache_bytes(cfg: RunConfig, model: SDAANet, indexes: dict) -> int:
+    """Bytes of the feature caches a run of `cfg` writes (none without `cache_features`): float16 features of every image
+    and (image, class) pair, and the pairs' uint8 masks, of the training split and of the test split at each evaluation
+    size (`indexes`: by split). A cache of the same dataset, split and size already in the cache folder counts as this
+    run's: its name's key hashes the backbone's weights, which a preflight does not read."""
+    if not cfg.cache_features: return 0
+    test = data_spec(cfg, 'test')
+    pyramid = [s for s in eval_scales(cfg) if s != test.input_size] if cfg.eval.multiscale == 'pyramid' else []
+    total = 0
+    for spec in [data_spec(cfg, 'train'), test, *(dataclasses.replace(test, size=s) for s in pyramid)]:
+        size, index = spec.input_size, indexes[spec.split]
+        if any(Path(spec.cache_dir or default_cache_dir()).glob(f"features-{spec.name}-{spec.split}-{size}-*.pt")): continue
+        f2, f3, f4 = (t[0].numel() for t in model.backbone(torch.empty(1, 3, size, size, device='meta')))
+        pairs = int((index.areas[:, 1:] >= index.min_pixels).sum())
+        total += 2 * (len(index.ids) * (f2 + f3 + f4) + pairs * f4) + pairs * size * size
+    return total
+
+# %% ../nbs/09_runs.ipynb #0f5ebadd
+def free_bytes(folder) -> int:
+    "Free bytes on the disk of the existing `folder`."
+    return shutil.disk_usage(folder).free
+
+# %% ../nbs/09_runs.ipynb #ecbd34e4
+DISK_MARGIN = 1.5                # free space asked for: this many times what a run writes (logs, metrics, slack)
+
+class DiskSpaceError(ValueError):
+    "Too little free space for what a run writes: refused before training, like a bad setting."
+
+def check_disk(needs: list[tuple]) -> dict[str, int]:
+    """The free bytes of each disk that `needs` ((folder, bytes a run writes there) pairs; folders on one disk add up)
+    names, by folder; a `DiskSpaceError` naming the folder, its free and the needed GiB when a disk has too little."""
+    disks = {}                       # device -> (folders, an existing folder on it, bytes)
+    for folder, need in needs:
+        at = Path(folder).absolute()
+        while not at.exists(): at = at.parent          # a run folder may not exist yet: the disk it will be on
+        folders, _, total = disks.get(at.stat().st_dev, ([], at, 0))
+        disks[at.stat().st_dev] = (folders + [str(folder)], at, total + need)
+    free = {}
+    for folders, at, need in disks.values():
+        name = ' and '.join(folders); free[name] = have = free_bytes(at)
+        if have < DISK_MARGIN * need:
+            raise DiskSpaceError(f"{name}: {have / 2**30:.2f} GiB free; expected at least {DISK_MARGIN * need / 2**30:.2f} GiB "
+                                 f"({DISK_MARGIN:g} x the {need / 2**30:.2f} GiB of checkpoints and feature caches the run "
+                                 "writes there); free space or choose another folder")
+    return free
+
+# %% ../nbs/09_runs.ipynb #3ffa420a
+def preflight(cfg: RunConfig, out_dir, progress: bool = False) -> dict:
+    """Check what would waste a run of `cfg` into `out_dir` (see above) before it builds its model: the weights file,
+    images per class for the shots in the test and training (and validation) splits, free disk. Returns what it checked."""
+    weights = weights_file(cfg.model)
+    indexes = {'test': load_index(data_spec(cfg, 'test'), progress=progress)}
+    splits = {'test': images_per_class(indexes['test'], cfg)}
+    indexes['train'] = load_index(data_spec(cfg, 'train'), progress=progress)
+    if cfg.train.select == 'val':            # the images training and validation draw from, split as run_train splits them
+        fit, val = split_validation(indexes['train'], cfg.train.val_fraction, cfg.eval.first_seed)
+        splits.update(train=images_per_class(fit, cfg), val=images_per_class(val, cfg))
+    else: splits['train'] = images_per_class(indexes['train'], cfg)
+    with torch.device('meta'): model = SDAANet(cfg.model.replace(backbone_weights=None))
+    ckpt, cache = checkpoint_bytes(cfg, model), cache_bytes(cfg, model, indexes)
+    held = sum(p.stat().st_size for p in (Path(out_dir) / 'checkpoints').glob('*.pth'))   # a resumed run replaces them
+    needs = [(out_dir, max(0, sum(ckpt.values()) + max(ckpt.values()) - held))]          # + a copy being saved
+    free = check_disk(needs + ([(cfg.cache_dir or default_cache_dir(), cache)] if cache else []))
+    return dict(splits=splits, weights=str(weights) if weights else None, checkpoint_bytes=ckpt, cache_bytes=cache,
+                free_bytes=free)
 
 # %% ../nbs/09_runs.ipynb #4637692f
 class BudgetScores:

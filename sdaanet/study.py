@@ -18,7 +18,7 @@ from .contract import PARAMS, RUN_NOTEBOOK, METRICS, SEEDS, code_version, git_co
 from .model import SDAANet
 from .data import load_index
 from .features import feature_cache
-from .runs import RunConfig, run_config, parse_overrides, data_spec, eval_caches
+from .runs import RunConfig, run_config, parse_overrides, data_spec, eval_caches, preflight, images_per_class, check_disk
 from .train import run_lock
 from .evaluate import PAPER_SCALES
 from .site import build_report, environment
@@ -28,7 +28,7 @@ __all__ = ['METHODS', 'MATRICES', 'DISCREPANCIES', 'REGISTRY_COLUMNS', 'ADDED_CO
            'discrepancy_matrix', 'check_train_seeds', 'overrides_for', 'check_overrides', 'run_parameters',
            'study_run_config', 'params_hash', 'Registry', 'run_notebook_path', 'execute_run', 'collapsed_seeds',
            'cluster_options', 'check_scheduler', 'local_cluster', 'jobqueue_cluster', 'study_client', 'run_threads',
-           'small_eval_size', 'run_study', 'eval_run_configs', 'prepare', 'study']
+           'small_eval_size', 'run_study', 'eval_run_configs', 'prepare', 'preflight_runs', 'study']
 
 # %% ../nbs/12_study.ipynb #c536fb61
 METHODS = {'baseline': dict(use_sdpm=False, use_saam=False), 'saam': dict(use_sdpm=False, use_saam=True),
@@ -423,6 +423,7 @@ def run_study(study_dir, preset: str = 'embedded', data_root: str | None = None,
                       code_version(), keep_stale)
         threads = run_threads(preset, device, (len(gpus) if gpus else jobs) if scheduler == 'local' else None)
         if todo:
+            preflight_runs(todo)
             prepare(todo, threads)
             with study_client(scheduler, jobs, gpus, cluster_config, retries) as client:
                 _execute(client, todo, threads, retries, reg, progress)
@@ -457,6 +458,20 @@ def prepare(todo: list[dict], threads: int | None = None) -> None:
             if split == 'train': feature_cache(model, spec, index, progress=False, parts=2)
             else: eval_caches(model, c, index, parts=2)
     finally: torch.set_num_threads(before)
+
+# %% ../nbs/12_study.ipynb #5e0d2b2f
+def preflight_runs(todo: list[dict]) -> None:
+    """`preflight` (the runs chapter) of every queued run before any starts, so that a missing weights file, too few
+    test images for an evaluation's shots or a full disk stop the study at once instead of failing each run late;
+    the disk must hold every training seed's checkpoints of every run together."""
+    needs = []
+    for params in todo:
+        try: cfg = study_run_config(params)
+        except ValueError: continue          # an invalid run fails in its own notebook, where the registry records it
+        checked = preflight(cfg, params['out_dir'])
+        for c in eval_run_configs(cfg, params['evals']): images_per_class(load_index(data_spec(c, 'test'), progress=False), c)
+        needs.append((params['out_dir'], sum(checked['checkpoint_bytes'].values()) * len(params['train_seeds'])))
+    check_disk(needs)
 
 # %% ../nbs/12_study.ipynb #d4a609ab
 def study(study_dir, preset: str = 'embedded', data_root: str | None = None, folds=(0, 1, 2, 3), device: str = 'auto',

@@ -232,10 +232,12 @@ def test_jpeg_with_trailing_bytes_is_kept(voc, tmp_path):
         assert '2009_010' in index(voc, tmp_path, split='test').ids
 
 
-def test_missing_label_is_skipped_with_a_warning(voc, tmp_path):
+def test_missing_label_is_refused_with_the_list_that_names_it(voc, tmp_path):
+    "A file the list names that does not exist is a partial download or a wrong root, not damage to skip."
     os.remove(voc / 'SegmentationClassAug' / '2009_010.png')
-    with pytest.warns(UserWarning, match=r"cannot read label .*2009_010.png"):
-        assert '2009_010' not in index(voc, tmp_path, split='test').ids
+    with pytest.raises(DataError, match=r"the pascal test list of .*voc names 0 image\(s\) and 1 label\(s\) that do "
+                                        r"not exist, e.g. .*2009_010.png; expected every listed file to exist"):
+        index(voc, tmp_path, split='test')
 
 
 def test_empty_class_list_and_too_many_shots(voc, tmp_path):

@@ -99,7 +99,7 @@ def test_validation_selection_holds_out_base_class_images(tmp_path):
     from sdaanet.embedded import generate_embedded
     from sdaanet.runs import run_config, run_train, data_spec
     from sdaanet.data import load_index, split_validation
-    generate_embedded(tmp_path / 'emb', n_train=300, n_test=20, size_range=(65, 81), progress=False)
+    generate_embedded(tmp_path / 'emb', n_train=300, n_test=60, size_range=(65, 81), progress=False)
     cfg = run_config('embedded', data_root=str(tmp_path / 'emb'), cache_dir=str(tmp_path / 'cache'), train_size=65,
                      model=dict(backbone_weights=None), train=dict(max_iters=2, batch_size=2, workers=0, select='val',
                      val_fraction=0.3, checkpoint_every=1), eval=dict(episodes=6, size=65, workers=0))
