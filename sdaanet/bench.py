@@ -12,6 +12,7 @@ from .modules import seed_dropout
 from .released import released_eval_logits
 from .engine import resolve_device, autocast_dtype, encode_batch, episode_forward
 from .train import make_optimizer, train_config, train_step
+from .fakes import random_episode
 
 # %% auto #0
 __all__ = ['bench']
@@ -52,19 +53,6 @@ def _cpu_name() -> str:
     except (OSError, StopIteration): pass
     return f'{name} ({torch.backends.cpu.get_cpu_capability()})'
 
-# %% ../nbs/10_bench.ipynb #637e6ff8
-def _episode(batch, shots, size, device, gen, support_cover=None):
-    "Random images and query mask; support masks of random pixels, or a centred square covering `support_cover`."
-    q = torch.randn(batch, 3, size, size, generator=gen).to(device)
-    s = torch.randn(batch, shots, 3, size, size, generator=gen).to(device)
-    if support_cover is None: sm = torch.randint(0, 2, (batch, shots, size, size), generator=gen)
-    else:
-        side = round(size * support_cover ** 0.5); lo = (size - side) // 2
-        sm = torch.zeros(batch, shots, size, size, dtype=torch.long); sm[..., lo:lo + side, lo:lo + side] = 1
-    sm = sm.to(device)
-    qm = torch.randint(0, 2, (batch, size, size), generator=gen).to(device)
-    return q, s, sm, qm
-
 # %% ../nbs/10_bench.ipynb #a7e51bba
 def _check_bench_args(size, shots, batch, repeats, support_cover, vs_released, variant, ensemble=None) -> None:
     for key, v in (('size', size), ('shots', shots), ('batch', batch), ('repeats', repeats)): check_positive(key, v, integer=True)
@@ -87,7 +75,7 @@ def _bench_header(backbone, variant, shots, dev, dtype, support_cover) -> dict:
 def _bench_eval(model, dev, dtype, gen, size, batch, shots, support_cover, vs_released, repeats, warmup) -> dict:
     "The `eval` part of `bench`: episode latency, backbone share, peak memory, and the released forward's time."
     fast = inference_copy(model.to(dev))
-    q, s, sm, _ = _episode(batch, shots, size, dev, gen, support_cover)
+    q, s, sm, _ = random_episode(batch, shots, size, support_cover=support_cover, generator=gen, device=dev)
     def engine(fn):
         def run():
             with torch.inference_mode(), _autocast(dev, dtype): fn()
@@ -113,7 +101,7 @@ def _bench_train(model, dev, dtype, gen, size, batch, shots, support_cover, repe
     model.to(dev).train()
     opt = make_optimizer(model, train_config('pascal'))
     scaler = torch.amp.GradScaler('cuda', enabled=dtype == torch.float16)
-    q, s, sm, qm = _episode(batch, shots, size, dev, gen, support_cover)
+    q, s, sm, qm = random_episode(batch, shots, size, support_cover=support_cover, generator=gen, device=dev)
     episode, encoder = dict(query_img=q, support_imgs=s, support_masks=sm, query_mask=qm), folded_backbone(model)
     def step():   # the trainer's step: the folded frozen encoder, then the model
         with _autocast(dev, dtype):
@@ -132,7 +120,7 @@ def _bench_ensemble(cfg: ModelConfig, dev, amp, gen, size, batch, shots, support
     models = [m.to(dev).train() for m in ensemble_models(cfg, range(seeds))]
     encoder, batches = folded_backbone(models[0]), []
     for _ in range(seeds):     # each seed its own episode batch, as cached features
-        q, s, sm, qm = _episode(batch, shots, size, dev, gen, support_cover)
+        q, s, sm, qm = random_episode(batch, shots, size, support_cover=support_cover, generator=gen, device=dev)
         with torch.no_grad(): feats = dict(zip(ENCODED, models[0].encode(q, s, sm, backbone=encoder)))
         batches.append(dict(features=feats, support_masks=sm, query_mask=qm))
     alone = [copy.deepcopy(m) for m in models]

@@ -4,10 +4,10 @@
 
 # %% ../nbs/06_checkpoints.ipynb #ab526990
 from __future__ import annotations
-import os, re, zipfile
+import re, zipfile
 from pathlib import Path
 import torch
-from .core import ModelConfig, DECODER_BINS, check_choice
+from .core import ModelConfig, DECODER_BINS, check_choice, write_atomic
 from .model import SDAANet
 
 # %% auto #0
@@ -159,20 +159,13 @@ class SaveError(OSError):
     "A file that could not be written (a full disk or another failed write); the message names it and what to do."
 
 def atomic_save(obj, path) -> Path:
-    """`torch.save` to a temporary file beside `path`, then rename over `path`. A failed write (torch's writer error
-    or an `OSError`, as a full disk gives) removes the temporary file, leaves `path` as it was and raises `SaveError`."""
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
+    """`torch.save` `obj` to `path` with `write_atomic`. A failed write (torch's writer error or an `OSError`, as a full
+    disk gives) leaves `path` as it was and raises `SaveError`."""
+    try: return write_atomic(path, lambda tmp: torch.save(obj, tmp))
     except (OSError, RuntimeError) as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise SaveError(f"could not write {path}: the disk is full (or the write failed: {reason}); "
                         "free space and rerun with --resume") from e
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return path
 
 # %% ../nbs/06_checkpoints.ipynb #40741cea
 def save_checkpoint(path, model: SDAANet, **extra) -> Path:

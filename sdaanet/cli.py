@@ -29,12 +29,12 @@ def smoke(preset: str = 'embedded', size: int = 161, shots: int = 1, batch: int 
     import torch
     from sdaanet.core import model_config, seed_everything
     from sdaanet.model import SDAANet
+    from sdaanet.fakes import random_episode
     seed_everything(seed)
     t0 = time.perf_counter()
     model = SDAANet(model_config(preset, shots=shots, backbone_weights=weights))
     built = time.perf_counter()
-    q, s = torch.randn(batch, 3, size, size), torch.randn(batch, shots, 3, size, size)
-    sm, qm = torch.randint(0, 2, (batch, shots, size, size)), torch.randint(0, 2, (batch, size, size))
+    q, s, sm, qm = random_episode(batch, shots, size)     # from the global generator, seeded above
     model.train()
     losses = model(q, s, sm, qm)['losses']
     losses['total'].backward()

@@ -9,7 +9,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['PARAMS', 'RUN_NOTEBOOK', 'METRICS', 'RECORDS', 'SEEDS', 'BUDGET_RECORDS', 'FIGURE_DATA', 'EVAL_SUMMARY',
-           'METRICS_SUMMARY', 'RUN_KEYS', 'EPISODE_COLUMNS', 'code_version', 'git_commit']
+           'METRICS_SUMMARY', 'RUN_KEYS', 'EPISODE_COLUMNS', 'METHODS', 'ABLATION', 'method_name', 'code_version',
+           'git_commit']
 
 # %% ../nbs/00a_contract.ipynb #0045af8f
 PARAMS = 'params.json'              # the papermill parameters of the run (its hash decides whether it is finished)
@@ -26,6 +27,22 @@ METRICS_SUMMARY = 'metrics_summary.csv' # one evaluation's mean over its evaluat
 RUN_KEYS = ('run_id', 'method', 'fold', 'train_shots', 'kshot_strategy', 'eval_shots', 'multiscale', 'scoring',
             'train_seed', 'eval_seed')
 EPISODE_COLUMNS = ('episode', 'class_id', 'iou', 'fg_pixels', 'intersection', 'union')
+
+# %% ../nbs/00a_contract.ipynb #359c8885
+METHODS = {     # id: the model switches of its cells (None: nothing to train), its display name, its short name
+    'baseline': dict(switches=dict(use_sdpm=False, use_saam=False), name='Baseline', short='baseline'),
+    'saam': dict(switches=dict(use_sdpm=False, use_saam=True), name='Baseline + SAAM', short='+SAAM'),
+    'sdpm': dict(switches=dict(use_sdpm=True, use_saam=False), name='Baseline + SDPM', short='+SDPM'),
+    'sdaanet': dict(switches=dict(use_sdpm=True, use_saam=True), name='SD-AANet', short='SD-AANet'),
+    'released': dict(switches=dict(use_sdpm=True, use_saam=True, variant='official'),     # SD-AANet in the released form
+                     name='SD-AANet (released form)', short='released'),
+    'prior-mask': dict(switches=None, name='Prior mask', short='prior'),
+}
+ABLATION = ('baseline', 'saam', 'sdpm', 'sdaanet')     # Table I's rows
+
+def method_name(method: str) -> str:
+    "The display name of `method` (a study switch such as 'lr10x' keeps its id)."
+    return METHODS[method]['name'] if method in METHODS else method
 
 # %% ../nbs/00a_contract.ipynb #3e65ce5e
 def _source_files(package_dir: Path, run_notebook: Path | None) -> list[tuple[str, bytes]]:

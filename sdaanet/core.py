@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #72aaa123
 from __future__ import annotations
-import dataclasses, json, math, random
+import dataclasses, json, math, os, random
 from pathlib import Path
 from fastcore.basics import patch
 from dataclasses import dataclass, asdict
@@ -13,7 +13,7 @@ import numpy as np
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'IGNORE', 'BACKBONES', 'VARIANTS', 'KSHOT_STRATEGIES', 'BACKBONE_BN_MODES',
            'NO_WEIGHTS', 'STAND_IN', 'SDPM_PARTS', 'DECODER_BINS', 'PRESETS', 'check_choice', 'check_positive',
-           'checkout_file', 'check_types', 'Settings', 'ModelConfig', 'preset_section', 'model_config',
+           'checkout_file', 'write_atomic', 'check_types', 'Settings', 'ModelConfig', 'preset_section', 'model_config',
            'seed_everything']
 
 # %% ../nbs/00_core.ipynb #d12dba24
@@ -39,6 +39,18 @@ def checkout_file(*parts: str, what: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; expected {what} of an editable install (pip install -e .) of the "
                                 "sdaanet repository, which keeps nbs/ and reports/ beside the package")
+    return path
+
+# %% ../nbs/00_core.ipynb #c4b0d518
+def write_atomic(path, write) -> Path:
+    """`write(tmp)` into a temporary file beside `path` (`.<name>.tmp-<pid>`; its folder made if missing), then rename it
+    onto `path`: readers see the old file or the new one, never a part; the temporary file is removed when `write`
+    fails. `tmp` does not end in `path`'s suffix: tell a writer that goes by it the format (PIL's `format=`, or give
+    `np.savez` an open file)."""
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+    try: write(tmp); os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
     return path
 
 # %% ../nbs/00_core.ipynb #aafcca1b
@@ -68,6 +80,7 @@ def check_types(obj, section: str = '') -> None:
         if any(isinstance(v, float) and not math.isfinite(v) for v in items):
             raise ValueError(f"{key}={value!r} is not allowed; expected a finite number")
 
+# %% ../nbs/00_core.ipynb #c8cf0a6c
 class Settings:
     """Mixin for configuration dataclasses: `replace(**overrides)` refuses unknown keys by name; `check_types`
     (called first by every `__post_init__`) refuses a value of the wrong type or a non-finite number, naming
@@ -92,6 +105,7 @@ NO_WEIGHTS = ('none', 'null')    # backbone_weights spelled as text that mean No
 STAND_IN = 'stand-in'            # backbone_weights of deterministic stand-in weights (activations O(1); see backbones)
 SDPM_PARTS = ('teacher', 'kd', 'reweight')        # the `sdpm_<part>` switches; each follows `variant` when None
 
+# %% ../nbs/00_core.ipynb #a40d42d5
 @dataclass
 class ModelConfig(Settings):
     "Every switch and size of `SDAANet`; the list above says what each switch means."
@@ -211,6 +225,7 @@ PRESETS = {
                              train_seeds=(0, 1), threads=1, multiscale='pyramid', budgets=(1, 2))),
 }
 
+# %% ../nbs/00_core.ipynb #7b508fd1
 def preset_section(preset: str, section: str) -> dict:
     "One section ('model', 'train', 'run', 'eval' or 'study') of a preset; an unknown preset is an error naming it."
     check_choice('preset', preset, PRESETS)

@@ -13,7 +13,7 @@ from fastcore.basics import patch
 import torch
 from PIL import Image, ImageDraw, ImageOps
 from tqdm.auto import tqdm
-from .core import check_choice, check_positive, IGNORE
+from .core import check_choice, check_positive, write_atomic, IGNORE
 from .transforms import JointTransform, default_size, fit_longer_side
 
 # %% auto #0
@@ -269,6 +269,7 @@ def _warn_skipped(skipped, what: str) -> None:
     if skipped:
         warnings.warn(f"{what}: skipped {len(skipped)} unreadable file(s), e.g. {skipped[0]}", stacklevel=3)
 
+# %% ../nbs/01_data.ipynb #a0541241
 def index_table(items: list[tuple[str, str, str]], n_classes: int, cache_file: Path, workers: int | None = None,
                 progress: bool = True, what: str = 'the list') -> dict:
     """The class-area table of `items` (id, image path, label path), from `cache_file` when still valid; a `DataError`
@@ -288,11 +289,10 @@ def index_table(items: list[tuple[str, str, str]], n_classes: int, cache_file: P
              areas=np.array([res[k][0] for k in keep], np.int64).reshape(len(keep), n_classes + 1),
              sizes=np.array([res[k][1] for k in keep], np.int64).reshape(len(keep), 2),
              skipped=[r[2] for r in res if r[2] is not None])
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-    with open(tmp, 'wb') as f:
-        np.savez(f, key=np.array(key), **{k: (np.array(v, dtype=str) if isinstance(v, list) else v) for k, v in t.items()})
-    os.replace(tmp, cache_file)
+    arrays = {k: (np.array(v, dtype=str) if isinstance(v, list) else v) for k, v in t.items()}
+    def save(tmp):
+        with open(tmp, 'wb') as f: np.savez(f, key=np.array(key), **arrays)   # an open file: savez adds no `.npz`
+    write_atomic(cache_file, save)
     return t
 
 # %% ../nbs/01_data.ipynb #ea30ac90
@@ -346,8 +346,7 @@ def _sbd_png(sbd: Path, image_id: str, out: Path) -> str | None:
     except (OSError, ValueError, MatReadError): return None       # MatReadError: a truncated file
     except (KeyError, AttributeError) as e:
         raise DataError(f"{mat} has no GTcls.Segmentation; expected an SBD class label file") from e
-    tmp = png.with_suffix('.tmp.png')
-    Image.fromarray(np.asarray(seg, np.uint8), 'L').save(tmp); os.replace(tmp, png)
+    write_atomic(png, lambda tmp: Image.fromarray(np.asarray(seg, np.uint8), 'L').save(tmp, format='PNG'))
     return str(png)
 
 # %% ../nbs/01_data.ipynb #7c59785d
@@ -449,9 +448,9 @@ def coco_items(root, split: str, mask_dir=None, cache_dir=None, progress: bool =
         try: lbl = coco_label(anns.get(im['id'], []), im['height'], im['width'], class_of)
         except (KeyError, ValueError, TypeError, AttributeError) as e:
             raise DataError(f"{js}: the annotations of image {im['id']} cannot be decoded ({e!r}); expected polygons or RLE") from e
-        tmp = png.with_suffix('.tmp.png'); Image.fromarray(lbl, 'L').save(tmp); os.replace(tmp, png)
+        write_atomic(png, lambda tmp: Image.fromarray(lbl, 'L').save(tmp, format='PNG'))
     listed = [(Path(im['file_name']).stem, im['file_name']) for im in images]
-    tmp = done.with_suffix('.tmp'); tmp.write_text(json.dumps({'json': stamp, 'items': listed})); os.replace(tmp, done)
+    write_atomic(done, lambda tmp: tmp.write_text(json.dumps({'json': stamp, 'items': listed})))
     return [(i, f"{img_dir}/{f}", f"{out}/{i}.png") for i, f in listed]
 
 # %% ../nbs/01_data.ipynb #3cc80eb9

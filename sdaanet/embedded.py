@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 from skimage import data as skdata
-from .core import check_positive
+from .core import check_positive, write_atomic
 from .data import DataError, parallel_map
 
 # %% auto #0
@@ -252,5 +252,5 @@ def generate_embedded(root, seed: int = 0, n_train: int = 2400, n_test: int = 60
     (root / 'ImageSets/Segmentation/train.txt').write_text('\n'.join(ids[:n_train]) + '\n')
     (root / 'ImageSets/Segmentation/val.txt').write_text('\n'.join(ids[n_train:]) + '\n')
     (root / 'classes.txt').write_text('\n'.join(c['name'] for c in embedded_classes()) + '\n')
-    (root / 'meta.json').write_text(json.dumps(meta))  # last: marks the dataset finished
+    write_atomic(root / 'meta.json', lambda tmp: tmp.write_text(json.dumps(meta)))  # last: marks the dataset finished
     return root

@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pandas as pd
 import torch
-from .report import METHOD_NAMES, run_dir, with_flags
-from .contract import RECORDS, FIGURE_DATA
+from .report import run_dir, with_flags
+from .contract import RECORDS, FIGURE_DATA, ABLATION, method_name
 
 # %% auto #0
 __all__ = ['study_folds', 'one_shot_run', 'load_figure_data', 'examples', 'shared_examples', 'attention_examples',
-           'worst_examples', 'input_size', 'small_target_records', 'bin_table', 'fit', 'contrast', 'sigmoid']
+           'worst_examples', 'evaluated_size', 'small_target_records', 'bin_table', 'fit', 'contrast', 'sigmoid']
 
 # %% ../nbs/13a_figure_data.ipynb #a1c0f021
 def study_folds(meta: dict, registry) -> list[int]:
@@ -72,9 +72,9 @@ def attention_examples(registry, study_dir, folds, per_fold: int = 2):
             ex = [] if isinstance(d, str) else [e for e in examples(d, 'first').values() if e['attention'] is not None]
             if ex:
                 out += [(f, m, e) for e in ex[:per_fold]]
-                skipped += [f'fold {f}: shown from the {METHOD_NAMES[m]} run because {w}' for w in why]
+                skipped += [f'fold {f}: shown from the {method_name(m)} run because {w}' for w in why]
                 break
-            why.append(d if isinstance(d, str) else f'{METHOD_NAMES[m]} fold {f} saved no attention map')
+            why.append(d if isinstance(d, str) else f'{method_name(m)} fold {f} saved no attention map')
         else: skipped += [f'fold {f}: {w}' for w in why]
     return out, skipped
 
@@ -89,7 +89,7 @@ def worst_examples(registry, study_dir, folds, n: int = 4):
     return sorted(pool, key=lambda fe: fe[1]['iou'])[:n], skipped
 
 # %% ../nbs/13a_figure_data.ipynb #a1c0f025
-def input_size(registry, study_dir, folds, methods=tuple(METHOD_NAMES)[:4]) -> int | None:
+def evaluated_size(registry, study_dir, folds, methods=ABLATION) -> int | None:
     "The evaluated input size: FIGURE_DATA's 'input_size', else a run's config.json eval.size."
     for f in folds:
         for m in methods:

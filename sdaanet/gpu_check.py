@@ -13,28 +13,10 @@ from .model import SDAANet, inference_copy
 from .engine import autocast_dtype, resolve_device
 from .train import train, train_config
 from .bench import bench
+from .fakes import SquareEpisodes
 
 # %% auto #0
-__all__ = ['FULL', 'QUICK', 'SquareEpisodes', 'bench_rows', 'train_check', 'amp_vs_fp32', 'gpu_check', 'table', 'main']
-
-# %% ../nbs/10a_gpu_check.ipynb #2d8b8121
-class SquareEpisodes(torch.utils.data.Dataset):
-    "`n` episodes of `size` px images with `shots` supports: a bright square (class 1) on noise."
-    def __init__(self, n: int, size: int, shots: int = 1): self.n, self.size, self.shots = n, size, shots
-    def __len__(self): return self.n
-
-    def _pair(self):
-        img, mask = torch.randn(3, self.size, self.size) * 0.5, torch.zeros(self.size, self.size, dtype=torch.long)
-        side = self.size // 3
-        y, x = torch.randint(0, self.size - side + 1, (2,)).tolist()
-        img[:, y:y + side, x:x + side] += 2.0; mask[y:y + side, x:x + side] = 1
-        return img, mask
-
-    def __getitem__(self, i: int) -> dict:
-        q, qm = self._pair()
-        shots = [self._pair() for _ in range(self.shots)]
-        return dict(query_img=q, query_mask=qm, support_imgs=torch.stack([s[0] for s in shots]),
-                    support_masks=torch.stack([s[1] for s in shots]), class_id=1, episode=i)
+__all__ = ['FULL', 'QUICK', 'bench_rows', 'train_check', 'amp_vs_fp32', 'gpu_check', 'table', 'main']
 
 # %% ../nbs/10a_gpu_check.ipynb #e4fc606d
 FULL = dict(size=473, train_size=321, repeats=5, warmup=2, model=dict(backbone='resnet50'))

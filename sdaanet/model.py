@@ -15,7 +15,7 @@ from .losses import loss_terms
 
 # %% auto #0
 __all__ = ['ENCODED', 'NonFiniteError', 'check_mask_values', 'check_inputs', 'SDAANet', 'head_prior', 'fold_batchnorm',
-           'folded_backbone', 'inference_copy']
+           'folded_backbone', 'inference_copy', 'PriorMaskModel']
 
 # %% ../nbs/05_model.ipynb #903089c0
 ENCODED = ('q2', 'q3', 'q4', 's2', 's3', 's4', 'masks')   # the frozen encoder's outputs, in `encode`'s order
@@ -247,3 +247,18 @@ def inference_copy(model: SDAANet, channels_last: bool = True) -> SDAANet:
     fold_batchnorm(fast.backbone)
     if channels_last: fast = fast.to(memory_format=torch.channels_last)
     return fast
+
+# %% ../nbs/05_model.ipynb #74f24bc0
+class PriorMaskModel(torch.nn.Module):
+    "The prior mask of `model`'s frozen encoder as a two-class segmenter: foreground where the prior exceeds `threshold`."
+    def __init__(self, model: SDAANet, threshold: float = 0.5):
+        super().__init__(); self.model, self.threshold = model, threshold
+
+    def forward(self, query_img=None, support_imgs=None, support_masks=None, query_mask=None, return_maps=False,
+                features=None):
+        if features is None:
+            size, q4 = query_img.shape[-2:], self.model.encode_query(query_img)[2]
+            _, _, s4, masks = self.model.encode_support(support_imgs, support_masks)
+        else: size, q4, s4, masks = support_masks.shape[-2:], features['q4'], features['s4'], features['masks']
+        p = prior_mask(q4, s4, SDAANet.resize_masks(masks, s4.shape[-2:]), size)
+        return {'logits': torch.cat([self.threshold - p, p - self.threshold], 1)}

@@ -15,7 +15,7 @@ from .data import DataError, UnreadableFile, image_file, read_image
 from .modules import resize
 from .model import SDAANet, NonFiniteError, check_mask_values
 from .checkpoints import RELEASED_INPUT_SIZE
-from .analysis import PriorMaskModel
+from .model import PriorMaskModel
 
 # %% auto #0
 __all__ = ['read_rgb', 'VOC_PALETTE', 'support_mask_rule', 'read_support_mask', 'input_size', 'predict_images',

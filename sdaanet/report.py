@@ -9,32 +9,30 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from .core import checkout_file
-from .contract import METRICS, RECORDS, SEEDS, BUDGET_RECORDS, RUN_KEYS
+from .contract import METRICS, RECORDS, SEEDS, BUDGET_RECORDS, RUN_KEYS, method_name
 from .stats import bootstrap, verdict, weighted_miou
 
 # %% auto #0
-__all__ = ['FOLDS', 'COLUMNS', 'DATASETS', 'NOT_APPLICABLE', 'KEYS', 'METRIC_COLUMNS', 'RECORD_COLUMNS', 'METHOD_NAMES', 'MULTI',
-           'N_BOOT', 'INTERVAL_METHOD', 'BOOT_COLUMNS', 'INTERVALS', 'SHOTS', 'OURS', 'ONE_SHOT', 'ABLATION',
-           'FIVE_SEPARATE', 'CLAIMS', 'VERDICT_READING', 'NOT_MEASURED', 'FINAL', 'VERDICT_COLOURS', 'REFERENCE',
-           'FROM_IMAGES', 'DISCREPANCY_ROWS', 'REPORTS', 'PAPER_COLUMNS', 'read_study', 'dataset_name',
-           'measured_label', 'run_dir', 'load_metrics', 'seed_flags', 'with_flags', 'load_records', 'measure',
-           'fold_mean', 'fold_cells', 'interval', 'fmt', 'pct', 'n_seeds', 'reasons', 'left_out', 'collapsed_note',
-           'paper_cells', 'comparison_table', 'paper_vs_measured', 'show', 'point', 'ordering_sentence',
-           'learned_cells', 'prior_check', 'paper_mean', 'side_difference', 'measured_columns', 'claim_row',
-           'claims_table', 'load_seeds', 'convergence_table', 'cap_summary', 'load_budget_records', 'budget_table',
-           'budget_figure', 'budget_verdicts', 'effect_verdict', 'discrepancy_table', 'class_name', 'class_label',
-           'fold_classes', 'per_class_table', 'report_sources', 'read_paper', 'study_claims']
+__all__ = ['FOLDS', 'COLUMNS', 'DATASET_NAMES', 'NOT_APPLICABLE', 'KEYS', 'METRIC_COLUMNS', 'RECORD_COLUMNS', 'MULTI', 'N_BOOT',
+           'INTERVAL_METHOD', 'BOOT_COLUMNS', 'INTERVALS', 'SHOTS', 'OURS', 'ONE_SHOT', 'ABLATION', 'FIVE_SEPARATE',
+           'CLAIMS', 'VERDICT_READING', 'NOT_MEASURED', 'FINAL', 'VERDICT_COLOURS', 'REFERENCE', 'FROM_IMAGES',
+           'DISCREPANCY_ROWS', 'REPORTS', 'PAPER_COLUMNS', 'read_study', 'dataset_name', 'measured_label', 'run_dir',
+           'load_metrics', 'seed_flags', 'with_flags', 'load_records', 'measure', 'fold_mean', 'fold_cells', 'interval',
+           'fmt', 'pct', 'n_seeds', 'reasons', 'left_out', 'collapsed_note', 'paper_cells', 'comparison_table',
+           'paper_vs_measured', 'show', 'point', 'ordering_sentence', 'learned_cells', 'prior_check', 'paper_mean',
+           'side_difference', 'measured_columns', 'claim_row', 'claims_table', 'load_seeds', 'convergence_table',
+           'cap_summary', 'load_budget_records', 'budget_table', 'budget_figure', 'budget_verdicts', 'effect_verdict',
+           'discrepancy_table', 'class_name', 'class_label', 'novel_classes', 'per_class_table', 'report_sources',
+           'read_paper', 'study_claims']
 
 # %% ../nbs/13_report.ipynb #a1c0f002
 FOLDS = (0, 1, 2, 3)
 COLUMNS = [f'Fold-{f}' for f in FOLDS] + ['Mean']
-DATASETS = {'pascal': 'PASCAL-5i', 'coco': 'COCO-20i', 'embedded': 'embedded benchmark'}
+DATASET_NAMES = {'pascal': 'PASCAL-5i', 'coco': 'COCO-20i', 'embedded': 'embedded benchmark'}
 NOT_APPLICABLE = 'not part of the study design'
 KEYS = list(RUN_KEYS)
 METRIC_COLUMNS = KEYS + ['metric', 'class_id', 'value']
 RECORD_COLUMNS = KEYS + ['episode', 'class_id', 'iou', 'fg_pixels', 'intersection', 'union', 'collapsed']
-METHOD_NAMES = {'baseline': 'Baseline', 'saam': 'Baseline + SAAM', 'sdpm': 'Baseline + SDPM', 'sdaanet': 'SD-AANet',
-                'released': 'SD-AANet (released form)', 'prior-mask': 'Prior mask'}
 
 def read_study(study_dir) -> tuple[dict, pd.DataFrame]:
     "`study.json` (empty when absent) and `registry.csv` (text; `fold` and `train_shots` as int) of `study_dir`."
@@ -48,7 +46,7 @@ def read_study(study_dir) -> tuple[dict, pd.DataFrame]:
 def dataset_name(meta: dict, unknown: str = 'unknown') -> str:
     "The study dataset's display name ('embedded benchmark', 'PASCAL-5i', ...)."
     d = meta.get('dataset', unknown)
-    return DATASETS.get(d, d)
+    return DATASET_NAMES.get(d, d)
 
 def measured_label(meta: dict) -> str: return f'measured ({dataset_name(meta)})'
 
@@ -309,7 +307,7 @@ def prior_check(registry, records) -> str:
         c, p = measure(registry, records, m, f, k, e, ms, ks), prior.get(f, 'no fold')
         if isinstance(c, str) or isinstance(p, str): continue
         a, b = interval(c), interval(p)
-        name = f"{METHOD_NAMES.get(m, m)} {k}-shot{f' {ks}' if k > 1 else ''} (eval {e}-shot {ms}) fold {f}: {fmt(c)} vs {fmt(p)}"
+        name = f"{method_name(m)} {k}-shot{f' {ks}' if k > 1 else ''} (eval {e}-shot {ms}) fold {f}: {fmt(c)} vs {fmt(p)}"
         (below if a['hi'] < b['lo'] else above if a['lo'] > b['hi'] else overlap).append(name)
     n = len(above) + len(overlap) + len(below)
     if not n: return 'Prior-mask check: no fold has both the prior mask and a learned cell measured.'
@@ -431,7 +429,7 @@ def convergence_table(seeds: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (m, k, ks), g in s.groupby(['method', 'train_shots', 'kshot_strategy'], sort=False):
         ok = g[~g.collapsed]
-        rows.append({'cell': f"{METHOD_NAMES.get(m, m)}, {k}-shot" + (f' {ks}' if k > 1 else ''), 'models': len(g),
+        rows.append({'cell': f"{method_name(m)}, {k}-shot" + (f' {ks}' if k > 1 else ''), 'models': len(g),
                      'stopped early': int(g.stopped_early.sum()),
                      'hit the cap': f"{int(g.hit_cap.sum())} ({100 * g.hit_cap.mean():.0f} %)",
                      'iterations, median [range]': f"{g.iterations.median():.0f} [{g.iterations.min()}-{g.iterations.max()}]",
@@ -447,7 +445,7 @@ def cap_summary(seeds: pd.DataFrame) -> str:
     if seeds.empty or 'hit_cap' not in seeds: return f'Cap hits: not recorded (no {SEEDS} with `hit_cap`).'
     hit = _flag(seeds.hit_cap)
     cells = seeds[hit].groupby(['method', 'train_shots', 'kshot_strategy']).size()
-    where = '; '.join(f"{METHOD_NAMES.get(m, m)} {k}-shot{f' {ks}' if k > 1 else ''}: {n}" for (m, k, ks), n in cells.items())
+    where = '; '.join(f"{method_name(m)} {k}-shot{f' {ks}' if k > 1 else ''}: {n}" for (m, k, ks), n in cells.items())
     return (f"**{int(hit.sum())} of {len(seeds)} models ({100 * hit.mean():.1f} %) reached their iteration cap**"
             + (f" ({where})." if where else '; every other model stopped when its validation score stopped improving.'))
 
@@ -572,7 +570,7 @@ def class_label(meta: dict, c: int) -> str:
     names = meta.get('class_names')
     return f'{c} {names[c - 1]}' if isinstance(names, list) and 0 < c <= len(names) else str(c)
 
-def fold_classes(meta: dict, records, f: int) -> list[int]:
+def novel_classes(meta: dict, records, f: int) -> list[int]:
     "The novel classes of fold f: study.json's fold_classes, else the classes seen in the records."
     fc = meta.get('fold_classes')
     if isinstance(fc, list) and f < len(fc) and fc[f]: return [int(c) for c in fc[f]]
@@ -583,9 +581,9 @@ def per_class_table(registry, records, meta, methods=('sdaanet', 'baseline', 'pr
     "Class IoU (%) with 95 % intervals per fold and class for the 1-shot single-scale evaluations of `methods`, and notes."
     rows, measured, every = {}, measured_label(meta), []
     for f in FOLDS:
-        for c in fold_classes(meta, records, f):
+        for c in novel_classes(meta, records, f):
             cells = {m: measure(registry, records, m, f, 1, 1, class_id=c) for m in methods}
-            rows[(f'Fold-{f}', class_label(meta, c))] = {(measured, METHOD_NAMES[m]): fmt(v) for m, v in cells.items()}
+            rows[(f'Fold-{f}', class_label(meta, c))] = {(measured, method_name(m)): fmt(v) for m, v in cells.items()}
             every += list(cells.values())
     if not rows: return pd.DataFrame(), []
     return _frame(rows).rename_axis(['fold', 'class']), collapsed_note(every)

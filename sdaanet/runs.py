@@ -8,11 +8,12 @@ import dataclasses, json, os, shutil, time, warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
+from fastcore.basics import patch
 import pandas as pd
 import torch
 import torch.distributed as dist
 from .contract import METRICS, METRICS_SUMMARY, RECORDS, EVAL_SUMMARY, BUDGET_RECORDS
-from .core import ModelConfig, Settings, PRESETS, STAND_IN, check_choice, check_positive, check_types, model_config, preset_section, seed_everything
+from .core import ModelConfig, Settings, PRESETS, STAND_IN, check_choice, check_positive, check_types, model_config, preset_section, seed_everything, write_atomic
 from .data import DataSpec, DATASETS, EvalEpisodes, TrainEpisodes, split_validation, TEST_EPISODES, load_index, make_episode_list, save_episode_list
 from .data import ClassIndex, _check_shots, default_cache_dir
 from .backbones import imagenet_weights_path, efficientnet_lite0_weights_path, read_state_dict, _torchvision_state_dict
@@ -62,6 +63,7 @@ class EvalConfig(Settings):
             if not self.scales: raise ValueError("scales=() is not allowed; expected at least one size")
             for s in self.scales: check_positive('scales entry', s, integer=True)
 
+# %% ../nbs/09_runs.ipynb #2682f208
 @dataclass
 class DataConfig(Settings):
     """The image lists of a run (PASCAL layout): `train_list` / `test_list` are list files of `image label` lines
@@ -94,7 +96,6 @@ def data_spec(cfg: RunConfig, split: str) -> DataSpec:
 
 # %% ../nbs/09_runs.ipynb #ebbba1ac
 SECTIONS = {'model': ModelConfig, 'train': TrainConfig, 'eval': EvalConfig, 'data': DataConfig}
-MIN_SIZE = 9                     # the smallest input size: its stride-8 feature map is 2x2
 
 @dataclass
 class RunConfig:
@@ -115,45 +116,9 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self):
-        for key in ('data_root', 'cache_dir'):
-            value = getattr(self, key)
-            if isinstance(value, os.PathLike): setattr(self, key, value := os.fspath(value))
-            if not (isinstance(value, str) and value) and not (key == 'cache_dir' and value is None):
-                raise ValueError(f"{key}={value!r} is not allowed; expected a folder path")
-        check_types(self)
-        check_choice('dataset', self.dataset, DATASETS); check_choice('fold', self.fold, range(4))
-        check_positive('shots', self.shots, integer=True); check_choice('protocol', self.protocol, ('official', 'paper'))
-        check_choice('preset', self.preset, PRESETS)
-        if self.eval.scoring == 'original' and self.protocol != 'paper':
-            raise ValueError("eval.scoring='original' needs protocol='paper' (the letterboxed evaluation); "
-                             "the official protocol scores the resized label")
+        self._check()
         if self.model.shots != self.shots: self.model = self.model.replace(shots=self.shots)
-        if not isinstance(self.cache_features, bool):
-            raise ValueError(f"cache_features={self.cache_features!r} is not allowed; expected True or False")
-        if self.cache_features and self.protocol != 'official':
-            raise ValueError(f"cache_features=True needs protocol='official' (got protocol={self.protocol!r}): the "
-                             "cache holds the features of square resized inputs")
-        if self.cache_features and self.model.backbone_bn != 'frozen':
-            raise ValueError("cache_features=True needs model.backbone_bn='frozen': with backbone_bn="
-                             f"{self.model.backbone_bn!r} the encoder's features change while the model trains")
-        if self.dataset == 'coco' and (self.data.train_list or self.data.test_list or self.data.sbd):
-            raise ValueError("data.train_list, data.test_list and data.sbd are for PASCAL-layout datasets; "
-                             "COCO-20i reads its annotation files")
         self._check_sizes()
-
-    def _check_sizes(self) -> None:
-        """Input sizes whose stride-8 feature map is at least 2x2 (an error); decoder bins (in cells) larger than the
-        largest feature map, which only upsample it (a warning; the released PASCAL bins fit the 473-pixel test map)."""
-        train_size, eval_size = (data_spec(self, split).input_size for split in ('train', 'test'))
-        sizes = {f'train_size={train_size}': train_size, f'eval.size={eval_size}': eval_size,
-                 **{f'eval.scales entry {s}': s for s in self.eval.scales or ()}}
-        for what, size in sizes.items():
-            if size < MIN_SIZE:
-                raise ValueError(f"{what} is not allowed; expected at least {MIN_SIZE} pixels (a feature map of 2x2 at stride 8)")
-        largest = max(sizes.values()); cells = -(-largest // 8)
-        if any(b > cells for b in self.model.decoder_bins if b > 1):
-            warnings.warn(f"model.decoder_bins={list(self.model.decoder_bins)}: bins larger than the largest feature map "
-                          f"({cells}x{cells}, at {largest} pixels) only upsample it", stacklevel=3)
 
     def to_dict(self) -> dict: return json.loads(json.dumps(asdict(self)))
 
@@ -165,6 +130,52 @@ class RunConfig:
         for key in d:
             if key not in known: raise ValueError(f"unknown run setting {key!r}; expected one of {sorted(known)}")
         return cls(**d, **sections)
+
+# %% ../nbs/09_runs.ipynb #42481e03
+@patch
+def _check(self: RunConfig) -> None:
+    "Paths made text; then `ValueError` naming the first key, or combination of keys, that is not allowed."
+    for key in ('data_root', 'cache_dir'):
+        value = getattr(self, key)
+        if isinstance(value, os.PathLike): setattr(self, key, value := os.fspath(value))
+        if not (isinstance(value, str) and value) and not (key == 'cache_dir' and value is None):
+            raise ValueError(f"{key}={value!r} is not allowed; expected a folder path")
+    check_types(self)
+    check_choice('dataset', self.dataset, DATASETS); check_choice('fold', self.fold, range(4))
+    check_positive('shots', self.shots, integer=True); check_choice('protocol', self.protocol, ('official', 'paper'))
+    check_choice('preset', self.preset, PRESETS)
+    if self.eval.scoring == 'original' and self.protocol != 'paper':
+        raise ValueError("eval.scoring='original' needs protocol='paper' (the letterboxed evaluation); "
+                         "the official protocol scores the resized label")
+    if not isinstance(self.cache_features, bool):
+        raise ValueError(f"cache_features={self.cache_features!r} is not allowed; expected True or False")
+    if self.cache_features and self.protocol != 'official':
+        raise ValueError(f"cache_features=True needs protocol='official' (got protocol={self.protocol!r}): the "
+                         "cache holds the features of square resized inputs")
+    if self.cache_features and self.model.backbone_bn != 'frozen':
+        raise ValueError("cache_features=True needs model.backbone_bn='frozen': with backbone_bn="
+                         f"{self.model.backbone_bn!r} the encoder's features change while the model trains")
+    if self.dataset == 'coco' and (self.data.train_list or self.data.test_list or self.data.sbd):
+        raise ValueError("data.train_list, data.test_list and data.sbd are for PASCAL-layout datasets; "
+                         "COCO-20i reads its annotation files")
+
+# %% ../nbs/09_runs.ipynb #d9769534
+MIN_SIZE = 9                     # the smallest input size: its stride-8 feature map is 2x2
+
+@patch
+def _check_sizes(self: RunConfig) -> None:
+    """Input sizes whose stride-8 feature map is at least 2x2 (an error); decoder bins (in cells) larger than the
+    largest feature map, which only upsample it (a warning; the released PASCAL bins fit the 473-pixel test map)."""
+    train_size, eval_size = (data_spec(self, split).input_size for split in ('train', 'test'))
+    sizes = {f'train_size={train_size}': train_size, f'eval.size={eval_size}': eval_size,
+             **{f'eval.scales entry {s}': s for s in self.eval.scales or ()}}
+    for what, size in sizes.items():
+        if size < MIN_SIZE:
+            raise ValueError(f"{what} is not allowed; expected at least {MIN_SIZE} pixels (a feature map of 2x2 at stride 8)")
+    largest = max(sizes.values()); cells = -(-largest // 8)
+    if any(b > cells for b in self.model.decoder_bins if b > 1):
+        warnings.warn(f"model.decoder_bins={list(self.model.decoder_bins)}: bins larger than the largest feature map "
+                      f"({cells}x{cells}, at {largest} pixels) only upsample it", stacklevel=3)
 
 # %% ../nbs/09_runs.ipynb #26dbe025
 def run_config(preset: str = 'embedded', **overrides) -> RunConfig:
@@ -229,6 +240,7 @@ def evaluate_episodes(model, cfg: RunConfig, episodes: list[dict], index=None, d
                      progress=progress and rank == 0, amp=cfg.eval.amp)
     return EvalResult.from_metrics(_all_ranks(local.metrics, classes, world))
 
+# %% ../nbs/09_runs.ipynb #1223d46e
 def eval_scales(cfg: RunConfig) -> tuple[int, ...]:
     "The multi-scale sizes of `cfg` (`eval.scales`, else the paper's 321 and 473)."
     return cfg.eval.scales or PAPER_SCALES
@@ -270,20 +282,14 @@ def run_eval(cfg: RunConfig, out_dir, model: SDAANet | None = None, checkpoint=N
              device: str | None = None, progress: bool = True) -> dict:
     """Evaluate a model (given, our `checkpoint`, a `released` checkpoint, or else the run's own selected
     checkpoint) over `cfg.eval.seeds` episode lists; writes the metric files into `out_dir`, holding its lock
-    (`run_lock`: one writer per folder), each file written whole under a name of its own and then renamed; returns
-    the summary."""
+    (`run_lock`: one writer per folder), each file whole (`write_atomic`); returns the summary."""
     out_dir = Path(out_dir)
     dev = resolve_device(device or cfg.train.device)
     rank, world = init_distributed(dev)
     with run_lock(out_dir) if rank == 0 else nullcontext():
         return _run_eval(cfg, out_dir, model, checkpoint, released, dev, rank, progress)
 
-def _write_whole(path: Path, write) -> None:
-    "`write(tmp)` then rename it to `path`: readers see the old file or the new one, never a part."
-    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-    try: write(tmp); os.replace(tmp, path)
-    finally: tmp.unlink(missing_ok=True)
-
+# %% ../nbs/09_runs.ipynb #e1ec06a6
 def _run_eval(cfg: RunConfig, out_dir: Path, model, checkpoint, released, dev, rank: int, progress: bool) -> dict:
     if model is None:
         if released is not None:
@@ -315,12 +321,11 @@ def _run_eval(cfg: RunConfig, out_dir: Path, model, checkpoint, released, dev, r
            'eval_size_from': size_from,
            'per_seed': {str(s): r.summary() for s, r in results.items()}}
     if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
         records = pd.concat([r.records.assign(seed=s) for s, r in results.items()])
-        _write_whole(out_dir / METRICS, lambda p: rows.to_csv(p, index=False))
-        _write_whole(out_dir / METRICS_SUMMARY, lambda p: summary.to_csv(p, index=False))
-        _write_whole(out_dir / RECORDS, lambda p: records.to_csv(p, index=False))
-        _write_whole(out_dir / EVAL_SUMMARY, lambda p: p.write_text(json.dumps(out, indent=1)))
+        write_atomic(out_dir / METRICS, lambda p: rows.to_csv(p, index=False))
+        write_atomic(out_dir / METRICS_SUMMARY, lambda p: summary.to_csv(p, index=False))
+        write_atomic(out_dir / RECORDS, lambda p: records.to_csv(p, index=False))
+        write_atomic(out_dir / EVAL_SUMMARY, lambda p: p.write_text(json.dumps(out, indent=1)))
     return out
 
 # %% ../nbs/09_runs.ipynb #d1ea1ef6
@@ -485,17 +490,18 @@ class BudgetScores:
         rows = self._last[1].assign(budget=iteration, best_iteration=kept)
         old = pd.read_csv(self.path) if self.path.exists() else None
         table = pd.concat([old[old.budget != iteration], rows]) if old is not None else rows
-        tmp = self.path.with_name(f'.{self.path.name}.tmp-{os.getpid()}')
-        table.to_csv(tmp, index=False); os.replace(tmp, self.path)
+        write_atomic(self.path, lambda p: table.to_csv(p, index=False))
 
-    def complete(self, final: pd.DataFrame, iterations: int, best_iteration: int) -> pd.DataFrame:
-        """Every budget's records: those scored during training, and for each budget past the run's last iteration
-        (`iterations`) the `final` records (the run's own evaluation: `eval_seed`, `episode`, ...) of its first `n`
-        episodes. A budget within the run that was never scored is an error (not a checkpoint iteration)."""
-        scored = pd.read_csv(self.path) if self.path.exists() else pd.DataFrame(columns=['budget'])
-        missing = [b for b in self.budgets if b <= iterations and b not in set(scored['budget'])]
-        if missing: raise ValueError(f"budgets {missing} were never scored in {self.out_dir}; expected checkpoint "
-                                     "iterations (multiples of train.checkpoint_every)")
-        tail = final[final['episode'] < self.n]
-        late = [tail.assign(budget=b, best_iteration=best_iteration) for b in self.budgets if b > iterations]
-        return pd.concat([scored[scored.budget.isin(self.budgets)], *late], ignore_index=True)
+# %% ../nbs/09_runs.ipynb #b4892a79
+@patch
+def complete(self: BudgetScores, final: pd.DataFrame, iterations: int, best_iteration: int) -> pd.DataFrame:
+    """Every budget's records: those scored during training, and for each budget past the run's last iteration
+    (`iterations`) the `final` records (the run's own evaluation: `eval_seed`, `episode`, ...) of its first `n`
+    episodes. A budget within the run that was never scored is an error (not a checkpoint iteration)."""
+    scored = pd.read_csv(self.path) if self.path.exists() else pd.DataFrame(columns=['budget'])
+    missing = [b for b in self.budgets if b <= iterations and b not in set(scored['budget'])]
+    if missing: raise ValueError(f"budgets {missing} were never scored in {self.out_dir}; expected checkpoint "
+                                 "iterations (multiples of train.checkpoint_every)")
+    tail = final[final['episode'] < self.n]
+    late = [tail.assign(budget=b, best_iteration=best_iteration) for b in self.budgets if b > iterations]
+    return pd.concat([scored[scored.budget.isin(self.budgets)], *late], ignore_index=True)

@@ -9,12 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import pandas as pd
 import torch
+from .contract import code_version
 from .report import (REPORTS, INTERVALS, VERDICT_READING, report_sources, read_study, read_paper, study_claims,
                             load_records, load_seeds, cap_summary, convergence_table, load_budget_records, budget_table,
                             budget_figure, budget_verdicts)
 
 # %% auto #0
-__all__ = ['build_report', 'environment', 'claims_html', 'budget_html', 'discrepancies_html']
+__all__ = ['build_report', 'environment', 'claims_html', 'budget_html', 'discrepancies_html', 'code_versions_note']
 
 # %% ../nbs/13b_site.ipynb #9e23edbf
 def _run(cmd: list[str]) -> None:
@@ -59,8 +60,9 @@ def build_report(study_dir, html_dir='reports/_html', reports_dir=None, wall_tim
     if wall_time is not None: meta['seconds_before_report'] = round(wall_time, 1)
     index = html_dir / 'index.html'
     claims, check, discrepancies = study_claims(study_dir, reports_dir)
-    index.write_text(_index_html(meta, pages, runs, html_dir, claims_html(claims, check) + budget_html(study_dir, reports_dir)
-                                 + discrepancies_html(discrepancies)))
+    versions = f"<p>{_md(code_versions_note(reg, code_version()))}</p>"
+    index.write_text(_index_html(meta, pages, runs, html_dir, versions + claims_html(claims, check)
+                                 + budget_html(study_dir, reports_dir) + discrepancies_html(discrepancies)))
     return index
 
 # %% ../nbs/13b_site.ipynb #dbd9ee3f
@@ -110,13 +112,27 @@ def discrepancies_html(table: pd.DataFrame) -> str:
     return ("<h2>Paper versus released code</h2><p>Released setting minus paper setting, in points of class mIoU, one "
             f"switch at a time (see the tables page). {_md(INTERVALS)}</p>{table.to_html(index=False, border=0)}")
 
+# %% ../nbs/13b_site.ipynb #fde370e9
+def code_versions_note(registry: pd.DataFrame, current: str) -> str:
+    "How many code versions the finished runs of `registry` come from, against `current` (this code's version)."
+    versions = registry['code_version'] if 'code_version' in registry else pd.Series('', index=registry.index)
+    done = versions[registry['status'] == 'done'].replace('', 'unrecorded').value_counts()     # '': an older registry
+    if done.empty: return 'No run has finished yet.'
+    if len(done) == 1:
+        v = done.index[0]
+        return f"All {done.iloc[0]} finished runs come from one code version, {v}" + (
+            ' (this code).' if v == current else f"; this code is {current}: **they were kept by --keep-stale**.")
+    parts = ', '.join(f"{v}{' (this code)' if v == current else ''}: {n} run{'s' * (n > 1)}" for v, n in done.items())
+    return f"**The finished runs come from {len(done)} code versions** ({parts}); runs of another version were kept by --keep-stale."
+
 # %% ../nbs/13b_site.ipynb #77df28d9
 def _index_html(meta: dict, pages: dict, runs: list, html_dir: Path, claims: str = '') -> str:
     esc = lambda x: html.escape(str(x))
     rows = ''.join(
         f"<tr><td>{esc(r['run_id'])}</td><td>{esc(r['status'])}</td><td>{esc(r['seconds'])}</td>"
         f"<td>{f'<a href={chr(34)}{esc(p)}{chr(34)}>notebook</a>' if p else 'no notebook'}</td>"
-        f"<td>{esc(r.get('collapsed', ''))}</td><td>{esc(r['error'])}</td></tr>" for r, p in runs)
+        f"<td>{esc(r.get('collapsed', ''))}</td><td>{esc(r.get('code_version', ''))}</td><td>{esc(r['error'])}</td></tr>"
+        for r, p in runs)
     info = ''.join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in meta.items()
                    if k not in ('class_names', 'fold_classes'))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>sdaanet study report</title>
@@ -129,4 +145,4 @@ tr:nth-child(even){{background:#f4f4f4}}</style></head><body>
 similarity, failure cases)</li></ul>
 <h2>Study</h2><table>{info}</table>
 <h2>Runs ({len(runs)})</h2><table><tr><th>run</th><th>status</th><th>seconds</th><th>executed notebook</th>
-<th>collapsed seeds</th><th>error</th></tr>{rows}</table></body></html>"""
+<th>collapsed seeds</th><th>code version</th><th>error</th></tr>{rows}</table></body></html>"""

@@ -13,8 +13,8 @@ import pandas as pd
 import torch
 from distributed import Client, KilledWorker, LocalCluster, Nanny, as_completed, get_worker
 from tqdm.auto import tqdm
-from .core import check_choice, check_positive, checkout_file, preset_section
-from .contract import PARAMS, RUN_NOTEBOOK, METRICS, SEEDS, code_version, git_commit
+from .core import check_choice, check_positive, checkout_file, preset_section, write_atomic
+from .contract import PARAMS, RUN_NOTEBOOK, METRICS, SEEDS, METHODS, code_version, git_commit
 from .model import SDAANet
 from .data import load_index
 from .features import feature_cache
@@ -24,17 +24,13 @@ from .evaluate import PAPER_SCALES
 from .site import build_report, environment
 
 # %% auto #0
-__all__ = ['METHODS', 'MATRICES', 'DISCREPANCIES', 'REGISTRY_COLUMNS', 'ADDED_COLUMNS', 'SCHEDULERS', 'LOST', 'study_matrix',
+__all__ = ['MATRICES', 'DISCREPANCIES', 'REGISTRY_COLUMNS', 'ADDED_COLUMNS', 'SCHEDULERS', 'LOST', 'study_matrix',
            'discrepancy_matrix', 'check_train_seeds', 'overrides_for', 'check_overrides', 'run_parameters',
            'study_run_config', 'params_hash', 'Registry', 'run_notebook_path', 'execute_run', 'collapsed_seeds',
            'cluster_options', 'check_scheduler', 'local_cluster', 'jobqueue_cluster', 'study_client', 'run_threads',
            'small_eval_size', 'run_study', 'eval_run_configs', 'prepare', 'preflight_runs', 'study']
 
 # %% ../nbs/12_study.ipynb #c536fb61
-METHODS = {'baseline': dict(use_sdpm=False, use_saam=False), 'saam': dict(use_sdpm=False, use_saam=True),
-           'sdpm': dict(use_sdpm=True, use_saam=False), 'sdaanet': dict(use_sdpm=True, use_saam=True),
-           'released': dict(use_sdpm=True, use_saam=True, variant='official')}   # SD-AANet in the released code's form
-
 def study_matrix(folds=(0, 1, 2, 3), multiscale: str = 'paper', matrix: str = 'main', small_size: int = 321) -> list[dict]:
     """The runs of the study, one dict each: run_id, method, fold, shots, kshot_strategy, evals [(shots, multiscale)];
     SD-AANet 1-shot is also scored with the `multiscale` reading of Table IV. `matrix`: 'main' (Tables I-V),
@@ -47,7 +43,7 @@ def study_matrix(folds=(0, 1, 2, 3), multiscale: str = 'paper', matrix: str = 'm
     runs = []
     for fold in folds:
         check_choice('fold', fold, range(4))
-        for method in METHODS:
+        for method in (m for m, d in METHODS.items() if d['switches'] is not None):
             evals = [[1, 'single']] + ([[1, multiscale]] if method == 'sdaanet' else [])
             runs.append(dict(method=method, fold=fold, shots=1, kshot_strategy='separate', evals=evals))
         for method, strategy in (('baseline', 'separate'), ('sdaanet', 'separate'), ('sdaanet', 'integral'),
@@ -106,6 +102,7 @@ def check_overrides(extra, run_ids) -> None:
                              f"with a run id like {sorted(run_ids)[0]!r}")
         parse_overrides([rest])
 
+# %% ../nbs/12_study.ipynb #81533212
 def run_parameters(run: dict, preset: str, data_root: str | None, device: str, out_dir: Path,
                    extra: list[str] = (), train_seeds=None) -> dict:
     """The papermill parameters of one run of the matrix: the preset, the run's id, method label and evaluations,
@@ -115,7 +112,7 @@ def run_parameters(run: dict, preset: str, data_root: str | None, device: str, o
     seeds = check_train_seeds(study['train_seeds'] if train_seeds is None else train_seeds)
     overrides = [f"fold={run['fold']}", f"shots={run['shots']}", 'model.variant=paper',
                  f"model.kshot_strategy={run['kshot_strategy']}",
-                 *(f"model.{k}={str(v).lower()}" for k, v in METHODS[run.get('base', run['method'])].items()),
+                 *(f"model.{k}={str(v).lower()}" for k, v in METHODS[run.get('base', run['method'])]['switches'].items()),
                  *([f'data_root={data_root}'] if data_root else []),
                  *study['overrides'], *study['per_shots'].get(run['shots'], []), *run.get('switch', []),
                  *overrides_for(run['run_id'], extra)]
@@ -155,10 +152,7 @@ class Registry:
         with self.lock:
             row = self.rows.setdefault(run_id, {c: '' for c in REGISTRY_COLUMNS} | {'run_id': run_id})
             row.update({k: '' if v is None else str(v) for k, v in values.items()})
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix('.tmp')
-            pd.DataFrame(list(self.rows.values()), columns=list(REGISTRY_COLUMNS)).to_csv(tmp, index=False)
-            tmp.replace(self.path)
+            write_atomic(self.path, lambda tmp: self.frame().to_csv(tmp, index=False))
 
     def frame(self) -> pd.DataFrame: return pd.DataFrame(list(self.rows.values()), columns=list(REGISTRY_COLUMNS))
 
@@ -262,6 +256,7 @@ def cluster_options(path, jobs: int = 1) -> tuple[dict, int]:
                          "one run per worker), the run's CPUs booked with job_cpu (Slurm) or resource_spec (PBS)")
     return opts, n
 
+# %% ../nbs/12_study.ipynb #bcf243fb
 def check_scheduler(scheduler: str, gpus=None, cluster_config=None, retries: int = 0) -> None:
     "A clear error unless `scheduler`, `gpus`, `cluster_config` and `retries` go together (the config file is read)."
     if not isinstance(scheduler, str) or (scheduler not in SCHEDULERS and '://' not in scheduler):
@@ -281,6 +276,7 @@ def check_scheduler(scheduler: str, gpus=None, cluster_config=None, retries: int
         raise ValueError(f"retries={retries!r}: expected an integer >= 0")
     if cluster_config is not None: cluster_options(cluster_config); _jobqueue()
 
+# %% ../nbs/12_study.ipynb #88704d32
 def _new_scheduler():
     "Settings of the schedulers started here: a worker holds only the run it executes (none waits behind it)."
     return dask.config.set({'distributed.scheduler.worker-saturation': 1.0})
@@ -306,6 +302,7 @@ def _check_main_guard() -> None:
                            "worker process imports the script again and would run it again: put the call under "
                            "`if __name__ == '__main__':`")
 
+# %% ../nbs/12_study.ipynb #d627ded0
 def local_cluster(jobs: int = 1, gpus=None, retries: int = 0) -> LocalCluster:
     "A `LocalCluster` of `jobs` one-thread worker processes, or of one per GPU of `gpus` that sees only that GPU."
     _check_main_guard()
@@ -362,6 +359,7 @@ def _outcome(future) -> dict:
     error = f"{LOST} ({type(e).__name__}): {e}" if isinstance(e, KilledWorker) else f"{type(e).__name__}: {e}"
     return dict(error=error[:500], ended=_now())
 
+# %% ../nbs/12_study.ipynb #c9036e1c
 def _execute(client: Client, todo: list[dict], threads, retries: int, reg: Registry, progress: bool) -> None:
     "Submit one task per queued run; record each start and outcome in the registry as they come."
     lock = threading.Lock()
@@ -397,6 +395,7 @@ def small_eval_size(preset: str) -> int:
     "The paper's (smaller) evaluation size in the preset's scale: the smaller of its multi-scale sizes."
     return min(run_config(preset).eval.scales or PAPER_SCALES)
 
+# %% ../nbs/12_study.ipynb #5990aff5
 def run_study(study_dir, preset: str = 'embedded', data_root: str | None = None, folds=(0, 1, 2, 3),
               device: str = 'auto', jobs: int = 1, gpus: list[int] | None = None, retry_failed: bool = False,
               only: list[str] | None = None, extra: list[str] = (), progress: bool = True,
@@ -496,6 +495,7 @@ def study(study_dir, preset: str = 'embedded', data_root: str | None = None, fol
               f"time split: {json.dumps(split)}")
     return index
 
+# %% ../nbs/12_study.ipynb #f1e10b56
 def _run_seconds(reg: pd.DataFrame) -> dict:
     "Training and evaluation seconds summed over the runs' seeds (`SEEDS`), i.e. over parallel jobs too."
     seeds = [pd.read_csv(Path(d) / SEEDS) for d in reg['out_dir'] if (Path(d) / SEEDS).exists()]

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 from .contract import METRICS, RECORDS, BUDGET_RECORDS, EVAL_SUMMARY, METRICS_SUMMARY
-from .core import Settings, check_choice, check_positive, preset_section, seed_everything
+from .core import Settings, check_choice, check_positive, preset_section, seed_everything, write_atomic
 from .model import SDAANet, folded_backbone
 from .modules import seed_dropout
 from .engine import AMP_MODES, resolve_device, init_distributed, autocast_dtype, to_device, encode_batch, episode_forward
@@ -397,11 +397,6 @@ def _resume(ckpt: dict, path: Path, model: SDAANet, optimizer, scaler, cfg: Trai
     scaler.load_state_dict(ckpt['scaler']); _set_rng_state(ckpt['rng'])
     return ckpt['iteration'], Validation(cfg.patience, ckpt.get('best'), ckpt.get('stale', 0))
 
-# %% ../nbs/07_train.ipynb #bd27c10e
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-    tmp.write_text(json.dumps(obj, indent=1)); os.replace(tmp, path)
-
 # %% ../nbs/07_train.ipynb #cb66d7ae
 @dataclass
 class _Run:
@@ -519,7 +514,8 @@ def train(model: SDAANet, dataset, cfg: TrainConfig, out_dir, resume: bool | str
         total, it, val = cfg.max_iters or cfg.epochs * per_epoch, 0, Validation(cfg.patience)
         if ckpt is not None: it, val = _resume(ckpt, ckpt_dir / 'last.pth', model, optimizer, scaler, cfg)
         start = it if ckpt is not None else None
-        if rank == 0 and run_config is not None: _write_json(out_dir / 'config.json', run_config)
+        if rank == 0 and run_config is not None:
+            write_atomic(out_dir / 'config.json', lambda tmp: tmp.write_text(json.dumps(run_config, indent=1)))
         log = RunLog(out_dir, it, rank)
         if changes: log.note({'iteration': it, 'resumed': describe_changes(changes)})
         trained_on = dict(dataset=settings.get('dataset'), fold=settings.get('fold'), input_size=None)

@@ -27,7 +27,8 @@ from sdaanet.model import SDAANet
 from sdaanet.predict import predict_files, predict_images, read_rgb, read_support_mask
 from sdaanet.runs import run_config, run_eval, run_train
 from sdaanet.train import NonFiniteLossError, RunLockedError, run_lock, train, train_config
-from fakes import RandomEpisodes, nan_losses
+from sdaanet.fakes import SquareEpisodes as RandomEpisodes
+from fakes import nan_losses
 
 
 @pytest.fixture(autouse=True, scope='module')

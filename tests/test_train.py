@@ -6,7 +6,8 @@ import torch
 from sdaanet.core import model_config, seed_everything
 from sdaanet.model import SDAANet
 from sdaanet.train import NonFiniteLossError, train, train_config
-from fakes import RandomEpisodes, nan_losses
+from sdaanet.fakes import SquareEpisodes as RandomEpisodes
+from fakes import nan_losses
 
 
 def _model():
