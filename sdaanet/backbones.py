@@ -13,7 +13,7 @@ from .core import check_choice, BACKBONES, IMAGENET_MEAN, IMAGENET_STD, STAND_IN
 # %% auto #0
 __all__ = ['imagenet_weights_path', 'read_state_dict', 'Backbone', 'resnet_backbone', 'vgg16_bn_backbone',
            'efficientnet_lite0_weights_path', 'map_efficientnet_keys', 'efficientnet_lite0',
-           'efficientnet_lite0_backbone', 'imagenet_normalize', 'build_backbone', 'calibration_images',
+           'efficientnet_lite0_backbone', 'imagenet_normalize', 'build_backbone', 'weights_path', 'calibration_images',
            'calibrate_batchnorm', 'stand_in_backbone']
 
 # %% ../nbs/02_backbones.ipynb #2db20a4f
@@ -40,16 +40,8 @@ def read_state_dict(path) -> dict:
     return sd
 
 def _torchvision_state_dict(name: str, weights) -> dict:
-    "ImageNet weights for a torchvision backbone from `weights` ('imagenet' or a path)."
-    if weights == 'imagenet':
-        path = imagenet_weights_path(name)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"ImageNet weights for {name} not found at {path}. Copy torchvision's file "
-                f"{path.name} there (or set TORCH_HOME), or pass backbone_weights='/path/to/{path.name}'. "
-                "Nothing is downloaded at run time.")
-    else: path = weights
-    return read_state_dict(path)
+    "ImageNet weights for a torchvision backbone from `weights` ('imagenet' or a path; see `weights_path` below)."
+    return read_state_dict(weights_path(name, weights, check=True))
 
 # %% ../nbs/02_backbones.ipynb #91603eeb
 class Backbone(nn.Module):
@@ -153,6 +145,26 @@ def build_backbone(name: str, weights=None) -> Backbone:
     if name.startswith('resnet'): return resnet_backbone(name, weights)
     if name == 'vgg16_bn': return vgg16_bn_backbone(weights)
     return efficientnet_lite0_backbone(weights)
+
+# %% ../nbs/02_backbones.ipynb #934a7e75
+def weights_path(name: str, weights='imagenet', check: bool = False) -> Path | None:
+    """The file `build_backbone(name, weights)` loads, whether it exists or not: for 'imagenet', torchvision's cache
+    file of `name` (`imagenet_weights_path`) or EfficientNet-Lite0's packaged file (an `ImportError` without that
+    package); a path as given; None for random (None) or stand-in weights. `check`: a missing file is the loader's
+    `FileNotFoundError`, which says where the file belongs."""
+    check_choice('backbone', name, BACKBONES)
+    if weights is None or weights == STAND_IN: return None
+    lite = name == 'efficientnet_lite0'
+    if weights != 'imagenet': path = Path(weights)
+    else: path = efficientnet_lite0_weights_path() if lite else imagenet_weights_path(name)
+    if check and not path.is_file():
+        if weights == 'imagenet' and not lite:
+            raise FileNotFoundError(
+                f"ImageNet weights for {name} not found at {path}. Copy torchvision's file "
+                f"{path.name} there (or set TORCH_HOME), or pass backbone_weights='/path/to/{path.name}'. "
+                "Nothing is downloaded at run time.")
+        read_state_dict(path)                 # raises its error: 'backbone weights not found: <path>; ...'
+    return path
 
 # %% ../nbs/02_backbones.ipynb #b4154edb
 def calibration_images(n: int = 4, size: int = 161, seed: int = 0) -> torch.Tensor:

@@ -16,7 +16,7 @@ from .data import COCO_CLASSES, write_synthetic_voc
 
 # %% auto #0
 __all__ = ['SMALLEST', 'FULL_SCALE', 'STUDY_CELLS', 'MARK', 'write_check_voc', 'write_check_coco', 'check_weights',
-           'check_overrides', 'check_config', 'Stage', 'run_stage', 'format_row', 'step_seconds', 'train_estimate',
+           'stage_overrides', 'check_config', 'Stage', 'run_stage', 'format_row', 'step_seconds', 'train_estimate',
            'eval_estimate', 'check_folder', 'check', 'table']
 
 # %% ../nbs/10b_check.ipynb #950b842a
@@ -62,7 +62,7 @@ def check_weights(preset: str) -> str:
     backbone = preset_section(preset, 'model')['backbone']
     return 'imagenet' if imagenet_weights_path(backbone).is_file() else STAND_IN
 
-def check_overrides(preset: str, root: Path, cache: Path, weights: str, device: str, iters: int, episodes: int,
+def stage_overrides(preset: str, root: Path, cache: Path, weights: str, device: str, iters: int, episodes: int,
                     smallest: bool) -> list[str]:
     "The `section.key=value` overrides of every run of the check (the study's runs take them too)."
     sizes = ([f"train_size={SMALLEST['train_size']}", f"eval.size={SMALLEST['eval_size']}",
@@ -175,10 +175,11 @@ STUDY_CELLS = ('sdaanet-1shot-separate-fold0', 'released-1shot-separate-fold0')
 
 def _study_stage(preset: str, root: Path, out: Path, overrides: list[str], device: str):
     "Two cells of the study matrix, two training seeds, through papermill on Dask, and the report; (detail, '', index)."
-    from sdaanet.study import study
+    from sdaanet.study import study, study_config
     keep = [o for o in overrides if not o.startswith(('data_root=', 'train.device='))]
-    index = study(out / 'study', preset, str(root), folds=(0,), device=device, jobs=2, html_dir=out / 'html',
-                  only=list(STUDY_CELLS), extra=keep, progress=False, train_seeds=[0, 1])
+    cfg = study_config(preset, data_root=str(root), folds=(0,), device=device, jobs=2, only=STUDY_CELLS, overrides=keep,
+                       train_seeds=(0, 1))
+    index = study(out / 'study', cfg, out / 'html', progress=False)
     reg = pd.read_csv(out / 'study' / 'registry.csv')
     failed = reg[reg['status'] != 'done']
     if len(failed): raise RuntimeError(f"study runs not done: {dict(zip(failed['run_id'], failed['error']))}")
@@ -210,7 +211,7 @@ def check(preset: str = 'pascal', out_dir='runs/check-pascal', device: str = 'cp
     write = write_check_voc if dataset == 'pascal' else write_check_coco
     run_stage(rows, 'data', lambda: (f"{dataset} layout in {root}", '', write(root)), log=log)
     weights = check_weights(preset)
-    overrides = check_overrides(preset, root, out / 'cache', weights, device, iters, episodes, smallest)
+    overrides = stage_overrides(preset, root, out / 'cache', weights, device, iters, episodes, smallest)
     cfgs = {(v, k): check_config(preset, overrides, v, k) for v in ('official', 'paper') for k in (1, 5)}
     run_stage(rows, 'guards', lambda: _guards_stage(cfgs, out / 'runs'), needs=['data'], log=log)
     size = SMALLEST['train_size'] if smallest else 321

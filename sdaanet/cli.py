@@ -294,12 +294,12 @@ def _add_study_parser(sub) -> None:
                    help="override for every run (e.g. train.max_iters=100), or for one as RUN_ID:KEY=VALUE; part of each run's hash")
 
 def _study_command(args) -> None:
-    from sdaanet.study import study                  # it checks every --set (RUN_ID:KEY=VALUE too) before it writes
-    index = study(args.dir or f'runs/study-{args.preset}', args.preset, args.data_root, tuple(args.folds), args.device,
-                  args.jobs, args.gpus, args.retry_failed, args.html, args.only, args.overrides, matrix=args.matrix,
-                  scheduler=args.scheduler, cluster_config=args.cluster_config, retries=args.retries,
-                  train_seeds=args.train_seeds, keep_stale=args.keep_stale)
-    print(index)
+    from sdaanet.study import study, study_config    # every choice and --set is checked before anything is written
+    cfg = study_config(args.preset, data_root=args.data_root, folds=args.folds, device=args.device, jobs=args.jobs,
+                       gpus=args.gpus, retry_failed=args.retry_failed, only=args.only, overrides=args.overrides,
+                       matrix=args.matrix, scheduler=args.scheduler, cluster_config=args.cluster_config,
+                       retries=args.retries, train_seeds=args.train_seeds, keep_stale=args.keep_stale)
+    print(study(args.dir or f'runs/study-{args.preset}', cfg, args.html))
 
 # %% ../nbs/11_cli.ipynb #4ca2089f
 def _add_check_parser(sub) -> None:

@@ -7,14 +7,14 @@ from __future__ import annotations
 import dataclasses, json, math, os, random
 from pathlib import Path
 from fastcore.basics import patch
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 import numpy as np
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'IGNORE', 'BACKBONES', 'VARIANTS', 'KSHOT_STRATEGIES', 'BACKBONE_BN_MODES',
            'NO_WEIGHTS', 'STAND_IN', 'SDPM_PARTS', 'DECODER_BINS', 'PRESETS', 'check_choice', 'check_positive',
-           'checkout_file', 'write_atomic', 'check_types', 'Settings', 'ModelConfig', 'preset_section', 'model_config',
-           'seed_everything']
+           'checkout_file', 'write_atomic', 'check_types', 'Settings', 'plain_dict', 'ModelConfig', 'preset_section',
+           'model_config', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #d12dba24
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -95,6 +95,10 @@ class Settings:
         for key in overrides:
             if key not in known: raise ValueError(f"unknown {self._what} {key!r}; expected one of {sorted(known)}")
         return dataclasses.replace(self, **overrides)
+
+def plain_dict(settings) -> dict:
+    "A configuration dataclass as a plain JSON-ready dict (nested sections too; tuples become lists)."
+    return json.loads(json.dumps(dataclasses.asdict(settings)))
 
 # %% ../nbs/00_core.ipynb #bc8c56a3
 BACKBONES = ('resnet50', 'resnet101', 'vgg16_bn', 'efficientnet_lite0')
@@ -185,7 +189,7 @@ def _check(self: ModelConfig):
 @patch
 def to_dict(self: ModelConfig) -> dict:
     "Plain JSON-ready dict (tuples become lists)."
-    return json.loads(json.dumps(asdict(self)))
+    return plain_dict(self)
 
 @patch(cls_method=True)
 def from_dict(cls: ModelConfig, d: dict) -> ModelConfig:
@@ -201,14 +205,14 @@ _EMBEDDED = dict(
     train=dict(epochs=6, batch_size=8, optimizer='adamw', base_lr=0.002, warmup_iters=20, workers=2, log_every=5),
     run=dict(dataset='embedded', data_root='data/embedded'),
     eval=dict(episodes=300, workers=2, scales=(89, 129)),
-    study=dict(overrides=['cache_features=true', 'eval.batch_size=20', 'eval.workers=0', 'train.workers=0',
-                          'train.select=val', 'train.schedule=constant', 'train.checkpoint_every=100',
-                          'train.patience=3', 'train.val_episodes=200'],
-               per_shots={1: ['train.max_iters=2000', 'train.batch_size=4'],       # caps: a safety net (see 07_train)
-                          5: ['train.max_iters=3000', 'train.batch_size=2']},
+    study=dict(run=dict(cache_features=True, eval=dict(batch_size=20, workers=0),
+                        train=dict(workers=0, select='val', schedule='constant', checkpoint_every=100, patience=3,
+                                   val_episodes=200)),
+               per_shots={1: dict(train=dict(max_iters=2000, batch_size=4)),     # caps: a safety net (see 07_train)
+                          5: dict(train=dict(max_iters=3000, batch_size=2))},
                train_seeds=(0, 1, 2, 3, 4), threads=1, multiscale='pyramid', budgets=(100, 200, 400, 800, 1600)))
 
-_PAPER_STUDY = dict(overrides=['eval.seeds=5'], per_shots={}, train_seeds=(0, 1, 2, 3, 4), threads=None,
+_PAPER_STUDY = dict(run=dict(eval=dict(seeds=5)), per_shots={}, train_seeds=(0, 1, 2, 3, 4), threads=None,
                     multiscale='paper', budgets=())
 
 PRESETS = {
@@ -219,9 +223,9 @@ PRESETS = {
     'embedded': _EMBEDDED,
     'smoke': dict(model={**_EMBEDDED['model'], 'backbone_weights': None}, train={**_EMBEDDED['train'], 'workers': 0},
                   run={**_EMBEDDED['run'], 'train_size': 65}, eval=dict(episodes=8, size=65, workers=0, scales=(49, 65)),
-                  study=dict(overrides=['cache_features=true', 'train.checkpoint_every=1'],
-                             per_shots={1: ['train.max_iters=2', 'train.batch_size=2'],
-                                        5: ['train.max_iters=2', 'train.batch_size=2']},
+                  study=dict(run=dict(cache_features=True, train=dict(checkpoint_every=1)),
+                             per_shots={1: dict(train=dict(max_iters=2, batch_size=2)),
+                                        5: dict(train=dict(max_iters=2, batch_size=2))},
                              train_seeds=(0, 1), threads=1, multiscale='pyramid', budgets=(1, 2))),
 }
 

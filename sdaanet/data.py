@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #6a8f673e
 from __future__ import annotations
-import hashlib, json, os, shutil, tempfile, time, warnings
+import dataclasses, hashlib, json, os, shutil, tempfile, time, warnings
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -17,7 +17,7 @@ from .core import check_choice, check_positive, write_atomic, IGNORE
 from .transforms import JointTransform, default_size, fit_longer_side
 
 # %% auto #0
-__all__ = ['PASCAL_CLASSES', 'COCO_CLASSES', 'DATASETS', 'SPLITS', 'COCO_SPLITS', 'N_FOLDS', 'CACHE_FORMAT', 'VOC_LAYOUT',
+__all__ = ['PASCAL_CLASSES', 'COCO_CLASSES', 'DATASETS', 'SPLITS', 'COCO_SPLITS', 'N_FOLDS', 'INDEX_FORMAT', 'VOC_LAYOUT',
            'COCO_LAYOUT', 'EMBEDDED_DEFAULTS', 'TEST_EPISODES', 'TEST_SEED', 'EMBEDDED_LAYOUT', 'EPISODE_FORMAT',
            'DataError', 'UnreadableFile', 'fold_classes', 'image_file', 'read_image', 'read_label', 'check_same_size',
            'parallel_map', 'default_cache_dir', 'ClassIndex', 'split_validation', 'index_table', 'read_list_file',
@@ -160,7 +160,7 @@ def _scan(item: tuple) -> tuple:
     return counts, lbl_hw, None
 
 # %% ../nbs/01_data.ipynb #15266d18
-CACHE_FORMAT = 1
+INDEX_FORMAT = 1
 
 def default_cache_dir() -> Path:
     "`$SDAANET_CACHE`, else `~/.cache/sdaanet`."
@@ -170,7 +170,7 @@ def default_cache_dir() -> Path:
 class ClassIndex:
     "Per-image class areas of one split's list, with the fold rules on top (see above)."
     dataset: str
-    split: str
+    split: str                   # 'train' | 'test'; 'val': the held-out part of `split_validation`
     class_names: tuple           # name of class id c is class_names[c - 1]
     folds: tuple                 # novel class ids of each fold
     ids: list                    # image ids (file stems), in list order
@@ -241,17 +241,18 @@ def subset(self: ClassIndex, rows) -> ClassIndex:
 
 def split_validation(index: ClassIndex, fraction: float, seed: int) -> tuple[ClassIndex, ClassIndex]:
     """(training, validation) indexes of a training `index`: a seeded `fraction` of its images held out, so that
-    validation episodes use base classes on images the model never trains on (model selection without the test fold)."""
+    validation episodes use base classes on images the model never trains on (model selection without the test fold).
+    The held-out index's `split` is 'val', so that its errors name the split they checked."""
     if index.split != 'train': raise DataError(f"a validation split is taken from the training index, not {index.split!r}")
     if not 0 < fraction < 1: raise ValueError(f"fraction={fraction!r} is not allowed; expected a number in (0, 1)")
     order = np.random.default_rng(seed).permutation(len(index.ids))
     n_val = max(1, int(round(fraction * len(order))))
-    return index.subset(np.sort(order[n_val:])), index.subset(np.sort(order[:n_val]))
+    return index.subset(np.sort(order[n_val:])), dataclasses.replace(index.subset(np.sort(order[:n_val])), split='val')
 
 # %% ../nbs/01_data.ipynb #117aa6de
 def _list_stamp(items: list, n_classes: int) -> tuple[str, list[tuple[str, str]]]:
     "The cache key of `items` (ids; files' paths, sizes, mtimes) and the (kind, path) of each listed file that does not exist."
-    h, missing = hashlib.sha1(f"{CACHE_FORMAT}|{n_classes}\n".encode()), []
+    h, missing = hashlib.sha1(f"{INDEX_FORMAT}|{n_classes}\n".encode()), []
     for image_id, img, lbl in items:
         h.update(image_id.encode())
         for kind, p in (('image', img), ('label', lbl)):

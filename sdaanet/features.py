@@ -19,10 +19,11 @@ from .model import SDAANet, ENCODED, folded_backbone
 from .checkpoints import atomic_save
 
 # %% auto #0
-__all__ = ['CACHE_FORMAT', 'FeatureCache', 'build_feature_cache', 'feature_cache', 'CachedTrainEpisodes', 'CachedEvalEpisodes']
+__all__ = ['FEATURE_CACHE_FORMAT', 'FeatureCache', 'build_feature_cache', 'feature_cache', 'CachedTrainEpisodes',
+           'CachedEvalEpisodes']
 
 # %% ../nbs/06a_features.ipynb #3f214765
-CACHE_FORMAT = 1
+FEATURE_CACHE_FORMAT = 1
 
 class FeatureCache:
     """Frozen-encoder features of every image of a class index at `size x size`: `f2`, `f3`, `f4` (N, C, h, w),
@@ -54,7 +55,7 @@ class FeatureCache:
                     support_masks=support_masks, class_id=int(class_id), episode=int(e), query_id=query)
 
     def state(self) -> dict:
-        return dict(format=CACHE_FORMAT, ids=self.ids, size=self.size, key=self.key, f2=self.f2, f3=self.f3,
+        return dict(format=FEATURE_CACHE_FORMAT, ids=self.ids, size=self.size, key=self.key, f2=self.f2, f3=self.f3,
                     f4=self.f4, s4=self.s4, masks=self.masks, pairs=list(self.pairs))
 
     @classmethod
@@ -107,7 +108,7 @@ def _encode_batches(backbone, index: ClassIndex, size: int, starts, batch_size: 
 # %% ../nbs/06a_features.ipynb #98be6dc6
 def _cache_key(model: SDAANet, index: ClassIndex, size: int) -> str:
     "The settings, the backbone's weights and the images (each file's path, size and mtime) a cache is built from."
-    h = hashlib.sha1(f"{CACHE_FORMAT}|{model.cfg.backbone}|{size}|{index.dataset}|{index.split}|{index.min_pixels}".encode())
+    h = hashlib.sha1(f"{FEATURE_CACHE_FORMAT}|{model.cfg.backbone}|{size}|{index.dataset}|{index.split}|{index.min_pixels}".encode())
     for p in model.backbone.state_dict().values(): h.update(p.detach().cpu().contiguous().numpy().tobytes())  # the weights
     h.update(_files_key(list(zip(index.ids, index.images, index.labels)), index.n_classes).encode())
     h.update(np.ascontiguousarray(index.areas).tobytes())
@@ -124,7 +125,7 @@ def _load_cache(path: Path, key: str) -> FeatureCache | None:
         warnings.warn(f"feature cache {path} is unreadable ({str(e).strip().splitlines()[0][:120]}); moved it to "
                       f"{aside.name} and rebuilding it", stacklevel=3)
         return None
-    return FeatureCache.from_state(d) if d.get('format') == CACHE_FORMAT and d.get('key') == key else None
+    return FeatureCache.from_state(d) if d.get('format') == FEATURE_CACHE_FORMAT and d.get('key') == key else None
 
 # %% ../nbs/06a_features.ipynb #f0f844cd
 def feature_cache(model: SDAANet, spec: DataSpec, index: ClassIndex | None = None, progress: bool = True,

@@ -6,29 +6,29 @@
 from __future__ import annotations
 import dataclasses, json, os, shutil, time, warnings
 from contextlib import nullcontext
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from fastcore.basics import patch
 import pandas as pd
 import torch
 import torch.distributed as dist
 from .contract import METRICS, METRICS_SUMMARY, RECORDS, EVAL_SUMMARY, BUDGET_RECORDS
-from .core import ModelConfig, Settings, PRESETS, STAND_IN, check_choice, check_positive, check_types, model_config, preset_section, seed_everything, write_atomic
+from .core import ModelConfig, Settings, PRESETS, STAND_IN, check_choice, check_positive, check_types, model_config, plain_dict, preset_section, seed_everything, write_atomic
 from .data import DataSpec, DATASETS, EvalEpisodes, TrainEpisodes, split_validation, TEST_EPISODES, load_index, make_episode_list, save_episode_list
 from .data import ClassIndex, _check_shots, default_cache_dir
-from .backbones import imagenet_weights_path, efficientnet_lite0_weights_path, read_state_dict, _torchvision_state_dict
+from .backbones import weights_path
 from .model import SDAANet, inference_copy
 from .features import feature_cache, CachedTrainEpisodes, CachedEvalEpisodes
 from .checkpoints import load_checkpoint, load_official_checkpoint
-from .train import TrainConfig, train_config, train, resume_point, run_lock
+from .train import TrainConfig, train, resume_point, run_lock
 from .engine import resolve_device, init_distributed, AMP_MODES
 from .evaluate import EvalResult, SegMetrics, evaluate, aggregate_seeds, eval_seeds, SCORINGS, MULTISCALE, PAPER_SCALES
 
 # %% auto #0
-__all__ = ['SECTIONS', 'MIN_SIZE', 'DISK_MARGIN', 'EvalConfig', 'DataConfig', 'data_spec', 'RunConfig', 'run_config',
-           'parse_overrides', 'evaluate_episodes', 'eval_scales', 'eval_caches', 'eval_size', 'run_eval', 'run_train',
-           'weights_file', 'images_per_class', 'checkpoint_bytes', 'cache_bytes', 'free_bytes', 'DiskSpaceError',
-           'check_disk', 'preflight', 'BudgetScores']
+__all__ = ['SECTIONS', 'MIN_SIZE', 'DISK_MARGIN', 'EvalConfig', 'DataConfig', 'data_spec', 'RunConfig', 'merge_overrides',
+           'run_config', 'parse_overrides', 'override_items', 'evaluate_episodes', 'eval_scales', 'eval_caches',
+           'eval_size', 'run_eval', 'run_train', 'weights_file', 'images_per_class', 'checkpoint_bytes', 'cache_bytes',
+           'free_bytes', 'DiskSpaceError', 'check_disk', 'preflight', 'BudgetScores']
 
 # %% ../nbs/09_runs.ipynb #00d0bed6
 @dataclass
@@ -120,7 +120,7 @@ class RunConfig:
         if self.model.shots != self.shots: self.model = self.model.replace(shots=self.shots)
         self._check_sizes()
 
-    def to_dict(self) -> dict: return json.loads(json.dumps(asdict(self)))
+    def to_dict(self) -> dict: return plain_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
@@ -178,22 +178,29 @@ def _check_sizes(self: RunConfig) -> None:
                       f"({cells}x{cells}, at {largest} pixels) only upsample it", stacklevel=3)
 
 # %% ../nbs/09_runs.ipynb #26dbe025
+def merge_overrides(*layers: dict) -> dict:
+    "Nested overrides merged section by section; a later layer wins key by key."
+    out = {}
+    for layer in layers:
+        for key, value in layer.items():
+            out[key] = {**out.get(key, {}), **value} if key in SECTIONS and isinstance(value, dict) else value
+    return out
+
 def run_config(preset: str = 'embedded', **overrides) -> RunConfig:
-    "The `preset`'s run with `overrides`: top-level keys, or dicts for the `model`, `train`, `eval` and `data` sections."
-    base = {**preset_section(preset, 'run'), 'preset': preset}
-    sections = {'model': asdict(model_config(preset)), 'train': asdict(train_config(preset)),
-                'eval': dict(preset_section(preset, 'eval')), 'data': {}}
+    """The `preset`'s run with nested `overrides` (top-level keys; dicts for the `model`, `train`, `eval` and `data`
+    sections), resolved once from the preset's sections into a `RunConfig`."""
     if 'shots' in overrides.get('model', {}):
         raise ValueError(f"model.shots={overrides['model']['shots']!r} cannot take effect: a run's shots are its "
                          "top-level shots (e.g. --set shots=5), which set model.shots")
     for key in SECTIONS:
-        extra = overrides.pop(key, {})
-        if not isinstance(extra, dict):
-            raise ValueError(f"{key}={extra!r} is not allowed; {key} is a section: expected {key}.KEY=VALUE "
+        if not isinstance(overrides.get(key, {}), dict):
+            raise ValueError(f"{key}={overrides[key]!r} is not allowed; {key} is a section: expected {key}.KEY=VALUE "
                              f"(e.g. {key}.{dataclasses.fields(SECTIONS[key])[0].name}=...)")
-        sections[key] = {**sections[key], **extra}
-    return RunConfig.from_dict({**base, **overrides, **sections})
+    preset_layer = {**preset_section(preset, 'run'), **{k: preset_section(preset, k) for k in ('model', 'train', 'eval')}}
+    return RunConfig.from_dict(merge_overrides(preset_layer, overrides, {'preset': preset}))
 
+
+# %% ../nbs/09_runs.ipynb #5f1d2c9a
 def parse_overrides(items: list[str]) -> dict:
     "`['fold=1', 'model.use_sdpm=false', 'eval.seeds=5']` -> nested overrides (values read as JSON, else text)."
     out = {}
@@ -211,6 +218,22 @@ def parse_overrides(items: list[str]) -> dict:
             raise ValueError(f"override {item!r} is not allowed; choose the preset with --preset, then override its keys")
         else: out[key] = value
     return out
+
+def _text(value) -> str:
+    "A value as `parse_overrides` reads it back: JSON, except text that JSON would read as something else."
+    if isinstance(value, str):
+        try: json.loads(value)
+        except ValueError: return value
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+def override_items(overrides: dict) -> list[str]:
+    "Nested overrides as `section.key=value` strings (the inverse of `parse_overrides`): the papermill boundary's form."
+    items = []
+    for key, value in overrides.items():
+        if key in SECTIONS and isinstance(value, dict): items += [f"{key}.{name}={_text(v)}" for name, v in value.items()]
+        else: items.append(f"{key}={_text(value)}")
+    return items
+
 
 # %% ../nbs/09_runs.ipynb #edafaa17
 def _all_ranks(metrics: SegMetrics, classes, world: int) -> SegMetrics:
@@ -344,16 +367,17 @@ def run_train(cfg: RunConfig, out_dir, resume: bool | str = False, stop_after: i
     index = load_index(train_spec, progress=progress)
     cache = feature_cache(model, train_spec, index, progress) if cfg.cache_features else None
     validate, n_val = None, cfg.train.val_episodes or cfg.eval.episodes or TEST_EPISODES[cfg.dataset]
+    single = dataclasses.replace(cfg, eval=cfg.eval.replace(multiscale='single'))   # selection reads one scale
     if cfg.train.select == 'val':    # the same held-out images for every training seed
         index, val_index = split_validation(index, cfg.train.val_fraction, cfg.eval.first_seed)
         episodes = make_episode_list(val_index, cfg.fold, n_val, cfg.shots, cfg.eval.first_seed)
-        validate = lambda m: evaluate_episodes(inference_copy(m), cfg, episodes, val_index, cache=cache).miou
+        validate = lambda m: evaluate_episodes(inference_copy(m), single, episodes, val_index, cache=cache).miou
     elif cfg.train.select == 'best-test':
         spec = data_spec(cfg, 'test')
         test_index = load_index(spec, progress=False)
         test_cache = feature_cache(model, spec, test_index, progress) if cfg.cache_features else None
         episodes = make_episode_list(test_index, cfg.fold, n_val, cfg.shots, cfg.eval.first_seed)
-        validate = lambda m: evaluate_episodes(inference_copy(m), cfg, episodes, test_index, cache=test_cache).miou
+        validate = lambda m: evaluate_episodes(inference_copy(m), single, episodes, test_index, cache=test_cache).miou
     dataset = (CachedTrainEpisodes(cache, index, cfg.fold, cfg.shots) if cache is not None
                else TrainEpisodes(index, cfg.fold, cfg.shots, train_spec.transform()))
     return train(model, dataset, cfg.train, out_dir, resume=resume, stop_after=stop_after, validate=validate,
@@ -363,13 +387,7 @@ def run_train(cfg: RunConfig, out_dir, resume: bool | str = False, stop_after: i
 def weights_file(model: ModelConfig) -> Path | None:
     """The backbone weights file `model` loads, else the loader's own `FileNotFoundError` saying where it belongs;
     None for random (None) or stand-in weights."""
-    w, lite = model.backbone_weights, model.backbone == 'efficientnet_lite0'
-    if w in (None, STAND_IN): return None
-    path = Path(w) if w != 'imagenet' else efficientnet_lite0_weights_path() if lite else imagenet_weights_path(model.backbone)
-    if not path.is_file():          # both raise before they read anything: the file is not there
-        if lite: read_state_dict(path)
-        else: _torchvision_state_dict(model.backbone, w)
-    return path
+    return weights_path(model.backbone, model.backbone_weights, check=True)
 
 # %% ../nbs/09_runs.ipynb #8a0e8f06
 def images_per_class(index: ClassIndex, cfg: RunConfig) -> dict:

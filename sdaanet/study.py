@@ -4,31 +4,31 @@
 
 # %% ../nbs/12_study.ipynb #c3a41c14
 from __future__ import annotations
-import ctypes, dataclasses, functools, hashlib, json, logging, os, re, shutil, signal, subprocess, sys, threading, time, uuid
-from contextlib import contextmanager
+import ctypes, functools, hashlib, json, os, re, shutil, signal, subprocess, sys, threading, time, uuid
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-import dask
 import pandas as pd
 import torch
-from distributed import Client, KilledWorker, LocalCluster, Nanny, as_completed, get_worker
+from distributed import Client, as_completed, get_worker
 from tqdm.auto import tqdm
-from .core import check_choice, check_positive, checkout_file, preset_section, write_atomic
+from .core import PRESETS, check_choice, check_positive, checkout_file, preset_section, write_atomic
 from .contract import PARAMS, RUN_NOTEBOOK, METRICS, SEEDS, METHODS, code_version, git_commit
 from .model import SDAANet
 from .data import load_index
 from .features import feature_cache
-from .runs import RunConfig, run_config, parse_overrides, data_spec, eval_caches, preflight, images_per_class, check_disk
+from .runs import (RunConfig, run_config, merge_overrides, override_items, parse_overrides, data_spec, eval_caches,
+                          preflight, images_per_class, check_disk)
 from .train import run_lock
 from .evaluate import PAPER_SCALES
+from .cluster import LOST, check_scheduler, study_client, task_error, worker_cores
 from .site import build_report, environment
 
 # %% auto #0
-__all__ = ['MATRICES', 'DISCREPANCIES', 'REGISTRY_COLUMNS', 'ADDED_COLUMNS', 'SCHEDULERS', 'LOST', 'study_matrix',
-           'discrepancy_matrix', 'check_train_seeds', 'overrides_for', 'check_overrides', 'run_parameters',
+__all__ = ['MATRICES', 'DISCREPANCIES', 'REGISTRY_COLUMNS', 'ADDED_COLUMNS', 'study_matrix', 'discrepancy_matrix',
+           'check_train_seeds', 'overrides_for', 'check_overrides', 'StudyConfig', 'study_config', 'run_parameters',
            'study_run_config', 'params_hash', 'Registry', 'run_notebook_path', 'execute_run', 'collapsed_seeds',
-           'cluster_options', 'check_scheduler', 'local_cluster', 'jobqueue_cluster', 'study_client', 'run_threads',
-           'small_eval_size', 'run_study', 'eval_run_configs', 'prepare', 'preflight_runs', 'study']
+           'run_threads', 'small_eval_size', 'run_study', 'eval_run_configs', 'prepare', 'preflight_runs', 'study']
 
 # %% ../nbs/12_study.ipynb #c536fb61
 def study_matrix(folds=(0, 1, 2, 3), multiscale: str = 'paper', matrix: str = 'main', small_size: int = 321) -> list[dict]:
@@ -55,15 +55,15 @@ def study_matrix(folds=(0, 1, 2, 3), multiscale: str = 'paper', matrix: str = 'm
 # %% ../nbs/12_study.ipynb #20485df5
 MATRICES = ('main', 'discrepancies', 'all')
 DISCREPANCIES = {   # label: the overrides that switch one setting (see the table above)
-    'official-sdpm': ['model.variant=official'],                       # all three parts of SDPM's form at once
-    'sdpm-teacher': ['model.sdpm_teacher=official'],                   # ... and each alone
-    'sdpm-kd': ['model.sdpm_kd=official'],
-    'sdpm-reweight': ['model.sdpm_reweight=official'],
-    'lr10x': ['train.lr_scale=10'],
-    'bn-train': ['model.backbone_bn=train', 'cache_features=false'],
-    'eval-small': [],                                   # eval.size is the study's smaller scale (see below)
-    'paper-protocol': ['protocol=paper', 'cache_features=false'],
-    'from-images': ['cache_features=false']}            # the reference without the feature cache (see above)
+    'official-sdpm': dict(model=dict(variant='official')),           # all three parts of SDPM's form at once
+    'sdpm-teacher': dict(model=dict(sdpm_teacher='official')),       # ... and each alone
+    'sdpm-kd': dict(model=dict(sdpm_kd='official')),
+    'sdpm-reweight': dict(model=dict(sdpm_reweight='official')),
+    'lr10x': dict(train=dict(lr_scale=10)),
+    'bn-train': dict(model=dict(backbone_bn='train'), cache_features=False),
+    'eval-small': {},                                    # eval.size is the study's smaller scale (see below)
+    'paper-protocol': dict(protocol='paper', cache_features=False),
+    'from-images': dict(cache_features=False)}           # the reference without the feature cache (see above)
 
 def discrepancy_matrix(refs: list[dict], small_size: int) -> list[dict]:
     "One run per switch and reference run (SD-AANet 1-shot of the main matrix, one per fold)."
@@ -71,8 +71,8 @@ def discrepancy_matrix(refs: list[dict], small_size: int) -> list[dict]:
     for ref in refs:
         for label, switch in DISCREPANCIES.items():
             evals = [[1, 'single']] + ([[1, 'single', {'scoring': 'original'}]] if label == 'paper-protocol' else [])
-            extra = [f'eval.size={small_size}'] if label == 'eval-small' else []
-            runs.append(dict(ref, method=label, base='sdaanet', evals=evals, switch=[*switch, *extra],
+            extra = dict(eval=dict(size=small_size)) if label == 'eval-small' else {}
+            runs.append(dict(ref, method=label, base='sdaanet', evals=evals, switch=merge_overrides(switch, extra),
                              run_id=f"{label}-1shot-fold{ref['fold']}"))
     return runs
 
@@ -102,23 +102,59 @@ def check_overrides(extra, run_ids) -> None:
                              f"with a run id like {sorted(run_ids)[0]!r}")
         parse_overrides([rest])
 
+# %% ../nbs/12_study.ipynb #e467480c
+@dataclass
+class StudyConfig:
+    "A whole study (see above): its runs, how the preset's study section trains them, and where they execute."
+    preset: str = 'embedded'
+    data_root: str | None = None                 # None: the preset's
+    folds: tuple[int, ...] = (0, 1, 2, 3)
+    matrix: str = 'main'
+    train_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    overrides: tuple[str, ...] = ()              # --set: KEY=VALUE or RUN_ID:KEY=VALUE
+    only: tuple[str, ...] | None = None          # these run ids only
+    retry_failed: bool = False
+    keep_stale: bool = False
+    device: str = 'auto'
+    jobs: int = 1
+    gpus: tuple[int, ...] = ()
+    scheduler: str = 'local'
+    cluster_config: str | None = None
+    retries: int = 0
+    run: dict = field(default_factory=dict)      # the preset's study section: nested overrides of every run,
+    per_shots: dict = field(default_factory=dict)    # ... and of the runs of each training shot count
+    threads: int | None = None
+    multiscale: str = 'paper'
+    budgets: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        for key in ('folds', 'train_seeds', 'overrides', 'gpus', 'budgets', 'only'):
+            if getattr(self, key) is not None: setattr(self, key, tuple(getattr(self, key)))
+        check_choice('preset', self.preset, PRESETS); check_choice('matrix', self.matrix, MATRICES)
+        for fold in self.folds: check_choice('fold', fold, range(4))
+        check_train_seeds(self.train_seeds); check_positive('jobs', self.jobs, integer=True)
+        check_scheduler(self.scheduler, list(self.gpus), self.cluster_config, self.retries)
+        for item in self.overrides: parse_overrides([_target(item)[1]])
+        plain = parse_overrides([item for item in self.overrides if _target(item)[0] is None])
+        run_config(self.preset, **merge_overrides(self.run, plain))     # what every run would refuse, refused now
+
+def study_config(preset: str = 'embedded', **choices) -> StudyConfig:
+    "The `preset`'s study section with the caller's `choices` (other `StudyConfig` fields; None keeps the default)."
+    return StudyConfig(preset=preset, **{**preset_section(preset, 'study'),
+                                         **{k: v for k, v in choices.items() if v is not None}})
+
 # %% ../nbs/12_study.ipynb #81533212
-def run_parameters(run: dict, preset: str, data_root: str | None, device: str, out_dir: Path,
-                   extra: list[str] = (), train_seeds=None) -> dict:
+def run_parameters(run: dict, cfg: StudyConfig, out_dir: Path) -> dict:
     """The papermill parameters of one run of the matrix: the preset, the run's id, method label and evaluations,
-    its training seeds (`train_seeds`, else the preset's), the budgets at which the best model so far is scored,
-    where it runs and writes, and every setting as an override (`section.key=value`)."""
-    study = preset_section(preset, 'study')
-    seeds = check_train_seeds(study['train_seeds'] if train_seeds is None else train_seeds)
-    overrides = [f"fold={run['fold']}", f"shots={run['shots']}", 'model.variant=paper',
-                 f"model.kshot_strategy={run['kshot_strategy']}",
-                 *(f"model.{k}={str(v).lower()}" for k, v in METHODS[run.get('base', run['method'])]['switches'].items()),
-                 *([f'data_root={data_root}'] if data_root else []),
-                 *study['overrides'], *study['per_shots'].get(run['shots'], []), *run.get('switch', []),
-                 *overrides_for(run['run_id'], extra)]
-    return dict(preset=preset, run_id=run['run_id'], method=run['method'], evals=run['evals'],
-                train_seeds=seeds, budgets=list(study.get('budgets', ())), device=device, out_dir=str(out_dir),
-                demo_data=False, overrides=overrides)
+    its training seeds, the budgets at which the best model so far is scored, where it runs and writes, and every
+    setting as an override (`section.key=value`)."""
+    model = {'variant': 'paper', 'kshot_strategy': run['kshot_strategy'], **METHODS[run.get('base', run['method'])]['switches']}
+    layers = [dict(fold=run['fold'], shots=run['shots'], model=model), dict(data_root=cfg.data_root) if cfg.data_root else {},
+              cfg.run, cfg.per_shots.get(run['shots'], {}), run.get('switch', {}),
+              parse_overrides(overrides_for(run['run_id'], cfg.overrides))]
+    return dict(preset=cfg.preset, run_id=run['run_id'], method=run['method'], evals=run['evals'],
+                train_seeds=list(cfg.train_seeds), budgets=list(cfg.budgets), device=cfg.device, out_dir=str(out_dir),
+                demo_data=False, overrides=override_items(merge_overrides(*layers)))
 
 def study_run_config(params: dict) -> RunConfig:
     "The `RunConfig` of a run's papermill parameters (the run notebook calls this too): the preset, its overrides, the device."
@@ -193,19 +229,19 @@ def execute_run(params: dict, threads: int | None = None, gpu: int | None = None
     return None
 
 # %% ../nbs/12_study.ipynb #90bd24b8
-def _queue(runs: list[dict], reg: Registry, preset: str, data_root, device, study_dir: Path, extra, retry_failed: bool,
-           progress: bool, train_seeds=None, version: str = '', keep_stale: bool = False) -> list[dict]:
+def _queue(runs: list[dict], reg: Registry, cfg: StudyConfig, study_dir: Path, version: str = '',
+           progress: bool = True) -> list[dict]:
     """The papermill parameters of the runs to execute; the others are skipped (done, or failed without a retry).
-    A run made by another code version than `version` is stale: rerun from scratch, unless `keep_stale` keeps it done."""
+    A run made by another code version than `version` is stale: rerun from scratch, unless `cfg.keep_stale` keeps it done."""
     todo = []
     for run in runs:
-        params = run_parameters(run, preset, data_root, device, study_dir / 'runs' / run['run_id'], extra, train_seeds)
+        params = run_parameters(run, cfg, study_dir / 'runs' / run['run_id'])
         params['code_version'] = version
         h, row = params_hash(params), reg.get(run['run_id'])
         same = row and row['params_hash'] == h and row['code_version'] == version
         done = row and row['status'] == 'done' and row['params_hash'] == h and (Path(row['out_dir']) / METRICS).exists() \
-            and (same or keep_stale)
-        failed = same and row['status'] == 'failed' and not retry_failed
+            and (same or cfg.keep_stale)
+        failed = same and row['status'] == 'failed' and not cfg.retry_failed
         if done or failed:
             kept = '' if same else f" (made by code version {row['code_version'] or 'unrecorded'}, kept by --keep-stale)"
             if progress: print(f"skip {run['run_id']}: {row['status']}" + (' (retry with --retry-failed)' if failed else kept))
@@ -227,137 +263,19 @@ def collapsed_seeds(out_dir) -> str:
     bad = seeds.loc[seeds['collapsed'].astype(bool), 'train_seed'].tolist()
     return f"{len(bad)} of {len(seeds)} seeds: {', '.join(map(str, bad))}" if bad else ''
 
-# %% ../nbs/12_study.ipynb #422eb43f
-SCHEDULERS = ('local', 'slurm', 'pbs')    # or the address of a running scheduler, 'tcp://host:port'
-LOST = 'worker lost'                      # how the registry error of a run whose worker died begins
-
-def _jobqueue():
-    try: import dask_jobqueue
-    except ImportError: raise ImportError('scheduler=slurm or pbs needs dask-jobqueue: pip install "sdaanet[cluster]"') from None
-    return dask_jobqueue
-
-def cluster_options(path, jobs: int = 1) -> tuple[dict, int]:
-    """The dask-jobqueue keyword arguments in the cluster config file `path` (YAML or JSON), and how many jobs to
-    start (its `jobs`, else `jobs`). A worker must run one run at a time: `cores` equal to `processes` (default 1)."""
-    path = Path(path)
-    if path.suffix not in ('.yaml', '.yml', '.json'):
-        raise ValueError(f"cluster_config={str(path)!r}: expected a .yaml, .yml or .json file of dask-jobqueue arguments")
-    if not path.is_file(): raise FileNotFoundError(f"cluster_config={str(path)!r} not found")
-    import yaml
-    opts = json.loads(path.read_text()) if path.suffix == '.json' else yaml.safe_load(path.read_text())
-    if not isinstance(opts, dict):
-        raise ValueError(f"{path}: expected a mapping of dask-jobqueue arguments (cores, memory, queue, walltime, ...), "
-                         f"got {type(opts).__name__}")
-    n = opts.pop('jobs', jobs); check_positive(f'jobs (in {path})', n, integer=True)
-    opts.setdefault('processes', 1)
-    if opts.get('cores') != opts['processes']:
-        raise ValueError(f"{path}: cores={opts.get('cores')!r} with processes={opts['processes']!r} would give workers that "
-                         "run several runs side by side; expected cores equal to processes (usually both 1: one thread, "
-                         "one run per worker), the run's CPUs booked with job_cpu (Slurm) or resource_spec (PBS)")
-    return opts, n
-
-# %% ../nbs/12_study.ipynb #bcf243fb
-def check_scheduler(scheduler: str, gpus=None, cluster_config=None, retries: int = 0) -> None:
-    "A clear error unless `scheduler`, `gpus`, `cluster_config` and `retries` go together (the config file is read)."
-    if not isinstance(scheduler, str) or (scheduler not in SCHEDULERS and '://' not in scheduler):
-        raise ValueError(f"scheduler={scheduler!r}: expected one of {SCHEDULERS} or a scheduler address like 'tcp://host:8786'")
-    if '://' in scheduler and scheduler.split('://')[0] not in ('tcp', 'tls', 'ucx', 'ws', 'wss', 'inproc'):
-        raise ValueError(f"scheduler={scheduler!r}: unknown address scheme; expected a Dask scheduler address like 'tcp://host:8786'")
-    if gpus and scheduler != 'local':
-        raise ValueError(f"gpus={gpus!r} pins the workers of the local cluster; with scheduler={scheduler!r} each worker "
-                         "uses the GPU its job or process was given")
-    if gpus and max(gpus) >= (n := torch.cuda.device_count()):
-        raise ValueError(f"gpus={gpus!r}: this machine has {n} CUDA device(s)" + (f" (ids 0-{n - 1})" if n else "") +
-                         "; expected their ids, or no gpus (--jobs) to run on the CPU")
-    if (cluster_config is not None) != (scheduler in ('slurm', 'pbs')):
-        raise ValueError(f"cluster_config={cluster_config!r} with scheduler={scheduler!r}: scheduler='slurm' or 'pbs' "
-                         "needs a cluster config file (YAML or JSON), and only they take one")
-    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-        raise ValueError(f"retries={retries!r}: expected an integer >= 0")
-    if cluster_config is not None: cluster_options(cluster_config); _jobqueue()
-
-# %% ../nbs/12_study.ipynb #88704d32
-def _new_scheduler():
-    "Settings of the schedulers started here: a worker holds only the run it executes (none waits behind it)."
-    return dask.config.set({'distributed.scheduler.worker-saturation': 1.0})
-
-def _check_main_guard() -> None:
-    """`RuntimeError` when a script calls this from its top level, not under `if __name__ == '__main__':`: each local
-    worker process (spawned) imports the script again, which would run the call again, and Dask's "Nanny failed to
-    start" would follow."""
-    import ast
-    main = sys.modules['__main__']
-    path = getattr(main, '__file__', None)
-    if path is None: return                          # an interactive session or a notebook: nothing is re-imported
-    frame = sys._getframe()
-    while frame is not None and not (frame.f_globals is main.__dict__ and frame.f_code.co_name == '<module>'):
-        frame = frame.f_back
-    if frame is None: return
-    try: tree = ast.parse(Path(path).read_text())
-    except (OSError, SyntaxError, ValueError): return  # no source to read (a zip app, a frozen program)
-    line = frame.f_lineno
-    if not any(isinstance(s, ast.If) and '__name__' in ast.unparse(s.test) and s.lineno <= line <= s.end_lineno
-               for s in tree.body):
-        raise RuntimeError(f"{path}:{line} starts the study's local Dask cluster at the top level of the script; each "
-                           "worker process imports the script again and would run it again: put the call under "
-                           "`if __name__ == '__main__':`")
-
-# %% ../nbs/12_study.ipynb #d627ded0
-def local_cluster(jobs: int = 1, gpus=None, retries: int = 0) -> LocalCluster:
-    "A `LocalCluster` of `jobs` one-thread worker processes, or of one per GPU of `gpus` that sees only that GPU."
-    _check_main_guard()
-    with _new_scheduler():
-        cluster = LocalCluster(n_workers=0 if gpus else jobs, threads_per_worker=1, processes=True, memory_limit=0,
-                               dashboard_address=':0', scheduler_kwargs={'allowed_failures': retries},
-                               silence_logs=logging.ERROR)
-    for g in gpus or ():
-        cluster.worker_spec[f'gpu{g}'] = {'cls': Nanny, 'options': {**cluster.new_spec['options'],
-                                                                   'env': {'CUDA_VISIBLE_DEVICES': str(g)}}}
-    if gpus: cluster.scale(len(gpus))
-    return cluster
-
-def jobqueue_cluster(scheduler: str, cluster_config, jobs: int = 1, retries: int = 0):
-    "A dask-jobqueue `SLURMCluster` or `PBSCluster` from `cluster_config` (no job submitted yet), and its number of jobs."
-    opts, n = cluster_options(cluster_config, jobs)
-    cls = {'slurm': 'SLURMCluster', 'pbs': 'PBSCluster'}[scheduler]
-    opts['scheduler_options'] = {**(opts.get('scheduler_options') or dask.config.get(f'jobqueue.{scheduler}.scheduler-options', None) or {}),
-                                 'allowed_failures': retries}
-    with _new_scheduler(): return getattr(_jobqueue(), cls)(**opts), n
-
-@contextmanager
-def study_client(scheduler: str = 'local', jobs: int = 1, gpus=None, cluster_config=None, retries: int = 0):
-    "A Dask `Client` of the cluster `scheduler` names (see above); a cluster started here is closed on exit."
-    check_scheduler(scheduler, gpus, cluster_config, retries)
-    if '://' in scheduler:
-        with Client(scheduler) as client: yield client
-        return
-    if scheduler == 'local': cluster, n = local_cluster(jobs, gpus, retries), 0
-    else: cluster, n = jobqueue_cluster(scheduler, cluster_config, jobs, retries)
-    with cluster, Client(cluster) as client:
-        if n: cluster.scale(jobs=n)
-        yield client
-
 # %% ../nbs/12_study.ipynb #98296a64
-def _cores() -> int:
-    "The CPUs this process may run on (a Slurm job's booked CPUs, say)."
-    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
-
 def _run_task(params: dict, threads: int | None = None, topic: str | None = None) -> dict:
     """A run's Dask task: tell the client it starts (an event on `topic`), run it with `execute_run` (`threads`,
     else the worker's cores), return its registry values."""
     started, t0 = _now(), time.perf_counter()
     try: get_worker().log_event(topic, {'run_id': params['run_id'], 'started': started})
     except ValueError: pass                                   # not on a worker
-    error = execute_run(params, threads or _cores())
+    error = execute_run(params, threads or worker_cores())
     return dict(error=error or '', started=started, ended=_now(), seconds=round(time.perf_counter() - t0, 1))
 
 def _outcome(future) -> dict:
     "The registry values of a finished task: its run's, or why the task failed (its worker died, ...)."
-    if future.status == 'finished': return future.result()
-    try: e = future.exception()
-    except Exception as x: e = x                              # cancelled: the scheduler went away
-    error = f"{LOST} ({type(e).__name__}): {e}" if isinstance(e, KilledWorker) else f"{type(e).__name__}: {e}"
-    return dict(error=error[:500], ended=_now())
+    return future.result() if future.status == 'finished' else dict(error=task_error(future), ended=_now())
 
 # %% ../nbs/12_study.ipynb #c9036e1c
 def _execute(client: Client, todo: list[dict], threads, retries: int, reg: Registry, progress: bool) -> None:
@@ -384,54 +302,45 @@ def _execute(client: Client, todo: list[dict], threads, retries: int, reg: Regis
     client.unsubscribe_topic(topic)
 
 # %% ../nbs/12_study.ipynb #7d7f2d5c
-def run_threads(preset: str, device: str, workers: int | None) -> int | None:
-    """Threads per run on the CPU: the preset's fixed `study.threads`, else this machine's cores shared among the
-    `workers` (None: the workers are elsewhere; each run takes its worker's cores)."""
-    if device != 'cpu' and torch.cuda.is_available(): return None
-    fixed = preset_section(preset, 'study').get('threads')
-    return fixed or (max(1, (os.cpu_count() or 1) // workers) if workers else None)
+def run_threads(cfg: StudyConfig) -> int | None:
+    """Threads per run on the CPU: the preset's fixed `threads`, else this machine's cores shared among the local
+    workers (None: the workers are elsewhere, or the runs use GPUs; each run takes its worker's cores)."""
+    if cfg.device != 'cpu' and torch.cuda.is_available(): return None
+    workers = (len(cfg.gpus) or cfg.jobs) if cfg.scheduler == 'local' else None
+    return cfg.threads or (max(1, (os.cpu_count() or 1) // workers) if workers else None)
 
-def small_eval_size(preset: str) -> int:
+def small_eval_size(cfg: StudyConfig) -> int:
     "The paper's (smaller) evaluation size in the preset's scale: the smaller of its multi-scale sizes."
-    return min(run_config(preset).eval.scales or PAPER_SCALES)
+    return min(preset_section(cfg.preset, 'eval').get('scales') or PAPER_SCALES)
 
 # %% ../nbs/12_study.ipynb #5990aff5
-def run_study(study_dir, preset: str = 'embedded', data_root: str | None = None, folds=(0, 1, 2, 3),
-              device: str = 'auto', jobs: int = 1, gpus: list[int] | None = None, retry_failed: bool = False,
-              only: list[str] | None = None, extra: list[str] = (), progress: bool = True,
-              matrix: str = 'main', *, scheduler: str = 'local', cluster_config: str | None = None,
-              retries: int = 0, train_seeds=None, keep_stale: bool = False) -> pd.DataFrame:
-    """Run (or resume) the study `matrix` into `study_dir`; returns the registry. `only` restricts it to these
-    run ids; `extra` are `--set` overrides (`KEY=VALUE` for every run, `RUN_ID:KEY=VALUE` for one; part of the
-    parameter hash); `train_seeds`: every cell's training seeds (None: the preset's; part of the hash).
-    `scheduler`, `cluster_config`, `retries`: where the runs execute (see `study_client`). A finished run made by
-    another code version (`contract.code_version`) is rerun, unless `keep_stale` keeps it (the registry says which)."""
-    study = preset_section(preset, 'study'); check_positive('jobs', jobs, integer=True)
-    check_scheduler(scheduler, gpus, cluster_config, retries)
-    runs = study_matrix(folds, study['multiscale'], matrix, small_eval_size(preset))
-    check_overrides(extra, {r['run_id'] for r in runs})
+def run_study(study_dir, cfg: StudyConfig, progress: bool = True) -> pd.DataFrame:
+    """Run (or resume) the study `cfg` into `study_dir`; returns the registry. A finished run with the same
+    parameters is skipped; one made by another code version (`contract.code_version`) is rerun, unless
+    `cfg.keep_stale` keeps it (the registry says which)."""
+    runs = study_matrix(cfg.folds, cfg.multiscale, cfg.matrix, small_eval_size(cfg))
+    check_overrides(cfg.overrides, {r['run_id'] for r in runs})
     study_dir = Path(study_dir).resolve()      # absolute in the registry: whatever the working directory of a later reader
     study_dir.mkdir(parents=True, exist_ok=True)
-    if only is not None:
-        unknown = sorted(set(only) - {r['run_id'] for r in runs})
+    if cfg.only is not None:
+        unknown = sorted(set(cfg.only) - {r['run_id'] for r in runs})
         if unknown: raise ValueError(f"only={unknown} are not runs of this study; expected ids like {runs[0]['run_id']!r}")
-        runs = [r for r in runs if r['run_id'] in only]
+        runs = [r for r in runs if r['run_id'] in cfg.only]
     with run_lock(study_dir):                  # one study process per folder: a second one is refused by name
         reg = Registry(study_dir / 'registry.csv')
-        todo = _queue(runs, reg, preset, data_root, device, study_dir, extra, retry_failed, progress, train_seeds,
-                      code_version(), keep_stale)
-        threads = run_threads(preset, device, (len(gpus) if gpus else jobs) if scheduler == 'local' else None)
+        todo = _queue(runs, reg, cfg, study_dir, code_version(), progress)
+        threads = run_threads(cfg)
         if todo:
             preflight_runs(todo)
             prepare(todo, threads)
-            with study_client(scheduler, jobs, gpus, cluster_config, retries) as client:
-                _execute(client, todo, threads, retries, reg, progress)
+            with study_client(cfg.scheduler, cfg.jobs, cfg.gpus, cfg.cluster_config, cfg.retries) as client:
+                _execute(client, todo, threads, cfg.retries, reg, progress)
         return reg.frame()
 
 # %% ../nbs/12_study.ipynb #f7012569
 def eval_run_configs(cfg: RunConfig, evals) -> list[RunConfig]:
     "One `RunConfig` per evaluation of a run: `[shots, multiscale]` or `[shots, multiscale, {eval overrides}]`."
-    return [dataclasses.replace(cfg, shots=k, eval=cfg.eval.replace(multiscale=ms, **(more[0] if more else {})))
+    return [replace(cfg, shots=k, eval=cfg.eval.replace(multiscale=ms, **(more[0] if more else {})))
             for k, ms, *more in evals]
 
 def prepare(todo: list[dict], threads: int | None = None) -> None:
@@ -473,19 +382,14 @@ def preflight_runs(todo: list[dict]) -> None:
     check_disk(needs)
 
 # %% ../nbs/12_study.ipynb #d4a609ab
-def study(study_dir, preset: str = 'embedded', data_root: str | None = None, folds=(0, 1, 2, 3), device: str = 'auto',
-          jobs: int = 1, gpus=None, retry_failed: bool = False, html_dir='reports/_html', only=None, extra=(),
-          progress: bool = True, matrix: str = 'main', *, scheduler: str = 'local', cluster_config: str | None = None,
-          retries: int = 0, train_seeds=None, keep_stale: bool = False) -> Path:
-    """Run the study `matrix` (skipping finished runs) on the Dask cluster `scheduler` names (see `run_study`), then
-    build the HTML report of the whole folder; returns the index page."""
+def study(study_dir, cfg: StudyConfig, html_dir='reports/_html', progress: bool = True) -> Path:
+    """Run the study `cfg` (skipping finished runs; see `run_study`), then build the HTML report of the whole folder;
+    returns the index page."""
     t0 = time.perf_counter()
     study_dir = Path(study_dir)
-    reg = run_study(study_dir, preset, data_root, folds, device, jobs, gpus, retry_failed, only, extra, progress, matrix,
-                    scheduler=scheduler, cluster_config=cluster_config, retries=retries, train_seeds=train_seeds,
-                    keep_stale=keep_stale)
+    reg = run_study(study_dir, cfg, progress)
     split = {'runs_wall': round(time.perf_counter() - t0, 1), **_run_seconds(reg)}
-    _write_study_json(study_dir, preset, data_root, folds, reg, split)
+    _write_study_json(study_dir, cfg, reg, split)
     t1 = time.perf_counter()
     index = build_report(study_dir, html_dir, wall_time=time.perf_counter() - t0)
     split['report_wall'] = round(time.perf_counter() - t1, 1)
@@ -503,19 +407,19 @@ def _run_seconds(reg: pd.DataFrame) -> dict:
     s = pd.concat(seeds)
     return {k: round(float(s[k].sum()), 1) for k in ('train_seconds', 'eval_seconds') if k in s}
 
-def _write_study_json(study_dir: Path, preset: str, data_root, folds, reg: pd.DataFrame, seconds: dict) -> None:
+def _write_study_json(study_dir: Path, cfg: StudyConfig, reg: pd.DataFrame, seconds: dict) -> None:
     params = json.loads(Path(reg['out_dir'].iloc[0], PARAMS).read_text()) if len(reg) else None
-    cfg = study_run_config(params) if params else run_config(preset)
+    run = study_run_config(params) if params else run_config(cfg.preset, **({'data_root': cfg.data_root} if cfg.data_root else {}))
     names, folds_cls = None, None
     try:
-        index = load_index(data_spec(cfg, 'test'), progress=False)
+        index = load_index(data_spec(run, 'test'), progress=False)
         names, folds_cls = list(index.class_names), [list(f) for f in index.folds]
     except Exception as e:  # the report still builds; it says why the names are missing
         names = f"class index unavailable: {e}"
-    meta = dict(preset=preset, dataset=cfg.dataset, data_root=str(cfg.data_root), folds=list(folds),
-                backbone=cfg.model.backbone, per_shots=preset_section(preset, 'study')['per_shots'],
+    meta = dict(preset=cfg.preset, dataset=run.dataset, data_root=str(run.data_root), folds=list(cfg.folds),
+                matrix=cfg.matrix, backbone=run.model.backbone, per_shots=cfg.per_shots,
                 runs=len(reg), done=int((reg['status'] == 'done').sum()), failed=int((reg['status'] == 'failed').sum()),
-                train_seeds=params['train_seeds'] if params else list(preset_section(preset, 'study')['train_seeds']),
+                train_seeds=list(cfg.train_seeds),
                 seconds=seconds, code_version=code_version(), git_commit=git_commit(),
                 code_versions=reg.loc[reg['status'] == 'done', 'code_version'].value_counts().to_dict(),
                 class_names=names, fold_classes=folds_cls, generated=_now(), **environment())

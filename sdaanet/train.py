@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 from .contract import METRICS, RECORDS, BUDGET_RECORDS, EVAL_SUMMARY, METRICS_SUMMARY
-from .core import Settings, check_choice, check_positive, preset_section, seed_everything, write_atomic
+from .core import Settings, check_choice, check_positive, plain_dict, preset_section, seed_everything, write_atomic
 from .model import SDAANet, folded_backbone
 from .modules import seed_dropout
 from .engine import AMP_MODES, resolve_device, init_distributed, autocast_dtype, to_device, encode_batch, episode_forward
@@ -505,7 +505,7 @@ def train(model: SDAANet, dataset, cfg: TrainConfig, out_dir, resume: bool | str
     the run's newest `last.pth` (None when none was written)."""
     out_dir = Path(out_dir); ckpt_dir = out_dir / 'checkpoints'
     if stop_after is not None: check_positive('stop_after', stop_after, integer=True)
-    settings = run_config or {'train': json.loads(json.dumps(asdict(cfg)))}
+    settings = run_config or {'train': plain_dict(cfg)}
     device, rank, world, channels_last, optimizer, dtype, scaler = _prepare(model, cfg)
     per_epoch = _batches_per_epoch(dataset, cfg, world)
     with run_lock(out_dir) if rank == 0 else nullcontext():

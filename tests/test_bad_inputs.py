@@ -370,9 +370,9 @@ def test_study_override_for_one_run(files, capsys, tmp_path, monkeypatch):
     assert not (tmp_path / 's').exists()
     import sdaanet.study
     seen = {}
-    monkeypatch.setattr(sdaanet.study, 'study', lambda *a, **kw: seen.setdefault('extra', a[10]))
+    monkeypatch.setattr(sdaanet.study, 'study', lambda study_dir, cfg, html: seen.setdefault('cfg', cfg))
     main(['study', '--preset', 'smoke', '--dir', str(tmp_path / 's'), '--set', 'baseline-1shot-separate-fold0:train.max_iters=1'])
-    assert seen['extra'] == ['baseline-1shot-separate-fold0:train.max_iters=1']
+    assert seen['cfg'].overrides == ('baseline-1shot-separate-fold0:train.max_iters=1',)
 
 
 def test_bench_with_a_preset_that_sets_backbone_weights(capsys):

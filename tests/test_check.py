@@ -5,7 +5,7 @@ import math
 import pytest
 
 from fakes import nan_losses
-from sdaanet.check import Stage, _train_stage, check, check_config, check_overrides, run_stage, write_check_coco, write_check_voc
+from sdaanet.check import Stage, _train_stage, check, check_config, stage_overrides, run_stage, write_check_coco, write_check_voc
 from sdaanet.cli import main
 from sdaanet.runs import run_config, run_train
 
@@ -27,7 +27,7 @@ def test_smallest_check_runs_every_stage(preset, tmp_path):
 
 def test_a_non_finite_loss_fails_its_stage(tmp_path, monkeypatch):
     root = write_check_voc(tmp_path / 'VOC2012')
-    overrides = check_overrides('pascal', root, tmp_path / 'cache', 'stand-in', 'cpu', 2, 1, smallest=True)
+    overrides = stage_overrides('pascal', root, tmp_path / 'cache', 'stand-in', 'cpu', 2, 1, smallest=True)
     cfg = check_config('pascal', overrides, 'official', 1)
     nan_losses(monkeypatch)
     rows = []

@@ -8,7 +8,8 @@ import psutil
 import pytest
 from distributed import Client, LocalCluster
 from sdaanet.embedded import generate_embedded
-from sdaanet.study import check_scheduler, jobqueue_cluster, local_cluster, run_study
+from sdaanet.cluster import check_scheduler, jobqueue_cluster, local_cluster
+from sdaanet.study import run_study, study_config
 
 RUNS = ['baseline-1shot-separate-fold0', 'sdpm-1shot-separate-fold0']
 EXTRA = [f'{RUNS[0]}:train.max_iters=40']    # time to kill that run while its second seed trains
@@ -24,8 +25,8 @@ def data(tmp_path_factory):
 
 def _study(data, name, **kw):
     d, root, cache = data
-    return run_study(d / name, 'smoke', root, folds=(0,), device='cpu', only=RUNS, extra=[*cache, *EXTRA],
-                     progress=False, **kw).set_index('run_id')
+    cfg = study_config('smoke', data_root=root, folds=(0,), device='cpu', only=RUNS, overrides=[*cache, *EXTRA], **kw)
+    return run_study(d / name, cfg, progress=False).set_index('run_id')
 
 
 def _metrics(data, name): return {r: (data[0] / name / 'runs' / r / 'metrics.csv').read_text() for r in RUNS}
@@ -107,11 +108,11 @@ def test_slurm_config_becomes_the_job_script(tmp_path, monkeypatch):
 
 def test_bad_scheduler_settings_fail_before_anything_runs(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="scheduler='sge'"):
-        run_study(tmp_path / 'x', 'smoke', scheduler='sge')
+        run_study(tmp_path / 'x', study_config('smoke', scheduler='sge'))
     with pytest.raises(ValueError, match="cluster_config='c.yaml' with scheduler='local'"):
-        run_study(tmp_path / 'x', 'smoke', cluster_config='c.yaml')
+        run_study(tmp_path / 'x', study_config('smoke', cluster_config='c.yaml'))
     with pytest.raises(FileNotFoundError, match='missing.yaml'):
-        run_study(tmp_path / 'x', 'smoke', scheduler='slurm', cluster_config=str(tmp_path / 'missing.yaml'))
+        run_study(tmp_path / 'x', study_config('smoke', scheduler='slurm', cluster_config=str(tmp_path / 'missing.yaml')))
     assert not (tmp_path / 'x').exists()                      # no registry, no run folder
     monkeypatch.setitem(sys.modules, 'dask_jobqueue', None)  # as if it were not installed
     with pytest.raises(ImportError, match=r'pip install "sdaanet\[cluster\]"'):

@@ -228,7 +228,7 @@ def _script(tmp_path, body: str):
 
 
 def test_unguarded_script_is_told_to_add_the_main_guard(tmp_path):
-    path, out = _script(tmp_path, "from sdaanet.study import local_cluster\n\ncluster = local_cluster(1)\n")
+    path, out = _script(tmp_path, "from sdaanet.cluster import local_cluster\n\ncluster = local_cluster(1)\n")
     last = out.stderr.strip().splitlines()[-1]
     assert out.returncode == 1 and last.startswith(f'RuntimeError: {path}:3 ') and \
         "put the call under `if __name__ == '__main__':`" in last, out.stderr
@@ -236,6 +236,6 @@ def test_unguarded_script_is_told_to_add_the_main_guard(tmp_path):
 
 
 def test_guarded_script_passes_the_check(tmp_path):
-    path, out = _script(tmp_path, "from sdaanet.study import _check_main_guard\n\ndef main():\n    _check_main_guard()\n"
+    path, out = _script(tmp_path, "from sdaanet.cluster import _check_main_guard\n\ndef main():\n    _check_main_guard()\n"
                                   "    print('checked')\n\nif __name__ == '__main__':\n    main()\n")
     assert out.returncode == 0 and out.stdout.strip() == 'checked', out.stderr

@@ -133,3 +133,15 @@ def test_estimates_match_what_a_run_writes(voc, tmp_path):
     written = sum(p.stat().st_size for p in (tmp_path / 'cache').glob('features-*.pt'))
     assert before['cache_bytes'] == pytest.approx(written, rel=0.1)
     assert preflight(cfg, tmp_path / 'run')['cache_bytes'] == 0                         # built: a rerun reuses them
+
+
+# ------------------------------------------------------------------ 6. too few validation images for the shots
+
+def test_too_few_validation_images_name_the_validation_split(voc, tmp_path):
+    "select='val' with a small held-out share: the errors name the validation split they checked, not 'train'."
+    cfg = pascal(voc, tmp_path, train={'select': 'val', 'val_fraction': 0.3})           # 45 of 150 images held out
+    with pytest.raises(DataError, match=r"^pascal val fold 0: class \d+ \(\w+\) has 1 image\(s\), .*shots=1 needs 2$"):
+        preflight(cfg, tmp_path / 'run')
+    cfg = pascal(voc, tmp_path, train={'select': 'val', 'val_fraction': 0.05})          # 8 held out: classes without any
+    with pytest.raises(DataError, match=r"^pascal val fold 0: no image has at least 2048 pixels of class 6 \(bus\)"):
+        preflight(cfg, tmp_path / 'run')

@@ -27,7 +27,7 @@ from sdaanet.model import SDAANet
 from sdaanet.predict import predict_files, predict_images, read_rgb, read_support_mask
 from sdaanet.runs import run_config, run_eval, run_train
 from sdaanet.train import NonFiniteLossError, RunLockedError, run_lock, train, train_config
-from sdaanet.fakes import SquareEpisodes as RandomEpisodes
+from sdaanet.fakes import SquareEpisodes
 from fakes import nan_losses
 
 
@@ -48,7 +48,7 @@ def _cfg(**kw):
     return train_config('smoke', **{'batch_size': 2, 'workers': 0, 'log_every': 1, 'max_iters': 2, **kw})
 
 
-DATA = RandomEpisodes(n=8, size=33)
+DATA = SquareEpisodes(n=8, size=33)
 
 
 def _train(out, resume=False, stop_after=None, **kw):
@@ -207,7 +207,7 @@ def test_lock_released_and_no_checkpoint_named_after_a_failed_start(tmp_path, ck
     tmp_path = _copy(ckpt, tmp_path / 'run')                  # an earlier run, replaced
     nan_losses(monkeypatch)
     with pytest.raises(NonFiniteLossError, match='no checkpoint of this run was written yet'):
-        train(_model(), RandomEpisodes(n=8, size=33), _cfg(), tmp_path, progress=False, overwrite=True)
+        train(_model(), SquareEpisodes(n=8, size=33), _cfg(), tmp_path, progress=False, overwrite=True)
     assert not (tmp_path / '.lock').exists()
 
 
@@ -288,7 +288,7 @@ def _nan_model():
 
 
 def _batch(episodes=(3, 4)):
-    items = [RandomEpisodes(size=33)[e] for e in episodes]
+    items = [SquareEpisodes(size=33)[e] for e in episodes]
     return torch.utils.data.default_collate(items)
 
 

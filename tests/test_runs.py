@@ -108,3 +108,20 @@ def test_validation_selection_holds_out_base_class_images(tmp_path):
     train_index, val_index = split_validation(load_index(data_spec(cfg, 'train')), 0.3, cfg.train.seed)
     assert len(val_index.ids) == 90 and not set(train_index.ids) & set(val_index.ids)
     assert val_index.classes(0) == train_index.classes(0) and 1 not in val_index.classes(0)   # base classes
+
+
+
+@pytest.mark.parametrize('select, split', [('best-test', 'test'), ('val', 'train')])
+def test_validation_from_cached_features_with_pyramid_evaluation(tmp_path, select, split):
+    """cache_features with select='best-test' or 'val' and multiscale='pyramid': validation during training scores
+    single-scale, so it needs the cache of its split at one size only (the smoke preset's 65 px), and trains."""
+    from sdaanet.embedded import generate_embedded
+    from sdaanet.runs import run_config, run_train
+    generate_embedded(tmp_path / 'emb', n_train=300, n_test=60, size_range=(65, 81), progress=False)
+    cfg = run_config('smoke', data_root=str(tmp_path / 'emb'), cache_dir=str(tmp_path / 'cache'), cache_features=True,
+                     train=dict(max_iters=1, batch_size=2, select=select, val_fraction=0.3, checkpoint_every=1),
+                     eval=dict(episodes=2, multiscale='pyramid'))
+    summary = run_train(cfg, tmp_path / 'run', progress=False)
+    assert (tmp_path / 'run' / 'checkpoints' / 'best.pth').exists() and 0 <= summary['best']['score'] <= 1
+    sizes = sorted(int(p.name.split('-')[3]) for p in (tmp_path / 'cache').glob(f'features-embedded-{split}-*.pt'))
+    assert sizes == [65]

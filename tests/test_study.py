@@ -7,7 +7,7 @@ import json, os
 import pandas as pd
 import pytest
 from sdaanet.embedded import generate_embedded
-from sdaanet.study import study, run_study, Registry
+from sdaanet.study import study, study_config, run_study, Registry
 
 GOOD, BAD = 'baseline-1shot-separate-fold0', 'sdaanet-1shot-separate-fold0'
 
@@ -19,6 +19,11 @@ def data(tmp_path_factory):
     return d, root
 
 
+def smoke(root, **choices):
+    "The smoke preset's study on fold 0, on the CPU, over the data at `root`."
+    return study_config('smoke', data_root=str(root), folds=(0,), device='cpu', **choices)
+
+
 @pytest.fixture(scope='module')
 def smoke_study(data):
     d, root = data
@@ -26,8 +31,7 @@ def smoke_study(data):
     here = os.getcwd()
     os.chdir(d)                        # outside the checkout: the run and report notebooks come with the package
     try:
-        index = study(d / 'study', 'smoke', str(root), folds=(0,), device='cpu', jobs=2, html_dir=d / 'html',
-                      only=[GOOD, BAD], extra=extra, progress=False)
+        index = study(d / 'study', smoke(root, jobs=2, only=[GOOD, BAD], overrides=extra), d / 'html', progress=False)
     finally: os.chdir(here)
     return d, root, extra, index
 
@@ -66,12 +70,11 @@ def test_html_report_links_tables_figures_and_runs(smoke_study):
 def test_second_call_skips_done_and_failed_runs(smoke_study, capsys):
     d, root, extra, _ = smoke_study
     before = Registry(d / 'study' / 'registry.csv').frame().set_index('run_id')
-    reg = run_study(d / 'study', 'smoke', str(root), folds=(0,), device='cpu', only=[GOOD, BAD], extra=extra)
+    reg = run_study(d / 'study', smoke(root, only=[GOOD, BAD], overrides=extra))
     out = capsys.readouterr().out
     assert f'skip {GOOD}: done' in out and f'skip {BAD}: failed' in out
     assert reg.set_index('run_id')['ended'].equals(before['ended'])    # nothing ran again
-    reg = run_study(d / 'study', 'smoke', str(root), folds=(0,), device='cpu', only=[BAD], extra=extra,
-                    retry_failed=True, progress=False)
+    reg = run_study(d / 'study', smoke(root, only=[BAD], overrides=extra, retry_failed=True), progress=False)
     row = reg.set_index('run_id').loc[BAD]
     assert row['status'] == 'failed' and row['ended'] != before.loc[BAD, 'ended']
 
@@ -91,13 +94,13 @@ def test_a_source_change_makes_finished_runs_stale(smoke_study, tmp_path, monkey
     changed = code_version(pkg, os.path.join(os.path.dirname(os.path.dirname(sdaanet.__file__)), 'nbs', 'run.ipynb'))
     assert changed != code_version()
     monkeypatch.setattr(st, 'code_version', lambda: changed)
-    kept = run_study(d / 'study', 'smoke', str(root), folds=(0,), device='cpu', only=[GOOD], extra=extra, keep_stale=True)
+    kept = run_study(d / 'study', smoke(root, only=[GOOD], overrides=extra, keep_stale=True))
     assert f'skip {GOOD}: done (made by code version {code_version()}, kept by --keep-stale)' in capsys.readouterr().out
     assert kept.set_index('run_id').loc[GOOD, 'ended'] == reg.loc[GOOD, 'ended']
     copy = tmp_path / 'study'; shutil.copytree(d / 'study', copy)     # queue on a copy: a stale run's folder is cleared
     runs = st.study_matrix((0,))
-    todo = st._queue([r for r in runs if r['run_id'] == GOOD], Registry(copy / 'registry.csv'), 'smoke', str(root), 'cpu',
-                     copy, extra, False, False, None, changed, False)
+    todo = st._queue([r for r in runs if r['run_id'] == GOOD], Registry(copy / 'registry.csv'), smoke(root, overrides=extra),
+                     copy, changed, progress=False)
     assert [p['run_id'] for p in todo] == [GOOD] and todo[0]['code_version'] == changed
     assert Registry(copy / 'registry.csv').get(GOOD)['code_version'] == changed
 
@@ -109,8 +112,7 @@ def test_jobs_do_not_change_the_numbers(data):
     extra = [f'cache_dir={d / "cache"}', 'train.max_iters=4']
     out = {}
     for jobs in (1, 2):
-        reg = run_study(d / f'jobs{jobs}', 'smoke', str(root), folds=(0,), device='cpu', jobs=jobs, only=runs,
-                        extra=extra, progress=False)
+        reg = run_study(d / f'jobs{jobs}', smoke(root, jobs=jobs, only=runs, overrides=extra), progress=False)
         assert (reg['status'] == 'done').all(), reg[['run_id', 'status', 'error']]
         out[jobs] = {r: (d / f'jobs{jobs}' / 'runs' / r / 'metrics.csv').read_text() for r in runs}
     assert out[1] == out[2]
@@ -121,8 +123,7 @@ def test_background_only_run_is_marked_collapsed(data):
     d, root = data
     run = 'saam-1shot-separate-fold0'
     extra = [f'cache_dir={d / "cache"}', 'train.max_iters=30', 'model.fg_weight=0.0001']
-    reg = run_study(d / 'collapse', 'smoke', str(root), folds=(0,), device='cpu', only=[run], extra=extra,
-                    progress=False).set_index('run_id')
+    reg = run_study(d / 'collapse', smoke(root, only=[run], overrides=extra), progress=False).set_index('run_id')
     assert reg.loc[run, 'status'] == 'done' and reg.loc[run, 'collapsed'] == '2 of 2 seeds: 0, 1'
     assert pd.read_csv(d / 'collapse' / 'runs' / run / 'seeds.csv')['collapsed'].all()
 
@@ -131,8 +132,8 @@ def test_discrepancy_matrix_measures_every_switch(data):
     "`--matrix discrepancies`: the reference and nine switch runs per fold; every row of the report table measured."
     from sdaanet.report import discrepancy_table, load_records, read_study, DISCREPANCY_ROWS
     d, root = data
-    reg = run_study(d / 'disc', 'smoke', str(root), folds=(0,), device='cpu', jobs=2, matrix='discrepancies',
-                    extra=[f'cache_dir={d / "cache"}'], progress=False)
+    reg = run_study(d / 'disc', smoke(root, jobs=2, matrix='discrepancies', overrides=[f'cache_dir={d / "cache"}']),
+                    progress=False)
     assert sorted(reg['run_id']) == sorted(['sdaanet-1shot-separate-fold0'] + [
         f'{m}-1shot-fold0' for m in ('official-sdpm', 'sdpm-teacher', 'sdpm-kd', 'sdpm-reweight', 'lr10x', 'bn-train',
                                      'eval-small', 'paper-protocol', 'from-images')])
@@ -163,14 +164,14 @@ def test_train_seeds_reach_the_run_parameters_and_metrics(data, monkeypatch):
     import sdaanet.study
     from sdaanet.cli import main
     seen = {}
-    monkeypatch.setattr(sdaanet.study, 'study', lambda *a, **kw: seen.update(kw) or 'index.html')
+    monkeypatch.setattr(sdaanet.study, 'study', lambda study_dir, cfg, html: seen.update(cfg=cfg) or 'index.html')
     main(['study', '--preset', 'smoke', '--train-seeds', '7', '3', '--only', GOOD])
-    assert seen['train_seeds'] == [7, 3]
+    assert seen['cfg'].train_seeds == (7, 3) and seen['cfg'].only == (GOOD,) and seen['cfg'].preset == 'smoke'
     monkeypatch.undo()
     d, root = data
     run = 'baseline-1shot-separate-fold0'
-    reg = run_study(d / 'seeds', 'smoke', str(root), folds=(0,), device='cpu', only=[run], train_seeds=[7, 3],
-                    extra=[f'cache_dir={d / "cache"}'], progress=False)
+    reg = run_study(d / 'seeds', smoke(root, only=[run], train_seeds=[7, 3], overrides=[f'cache_dir={d / "cache"}']),
+                    progress=False)
     assert (reg['status'] == 'done').all(), reg[['run_id', 'error']]
     folder = d / 'seeds' / 'runs' / run
     assert json.loads((folder / 'params.json').read_text())['train_seeds'] == [7, 3]
@@ -179,4 +180,4 @@ def test_train_seeds_reach_the_run_parameters_and_metrics(data, monkeypatch):
     budget = pd.read_csv(folder / 'budget_records.csv')            # the smoke preset scores budgets 1 and 2
     assert set(budget['train_seed']) == {7, 3} and set(budget['budget']) == {1, 2}
     with pytest.raises(ValueError, match=r'train_seeds=\[1, 1\]'):
-        run_study(d / 'seeds', 'smoke', str(root), folds=(0,), device='cpu', only=[run], train_seeds=[1, 1])
+        smoke(root, only=[run], train_seeds=[1, 1])

@@ -6,7 +6,7 @@ import torch
 from sdaanet.core import model_config, seed_everything
 from sdaanet.model import SDAANet
 from sdaanet.train import NonFiniteLossError, train, train_config
-from sdaanet.fakes import SquareEpisodes as RandomEpisodes
+from sdaanet.fakes import SquareEpisodes
 from fakes import nan_losses
 
 
@@ -19,7 +19,7 @@ def _model():
 def test_resume_is_exact(tmp_path, workers):
     "Stopped after 3 of 6 iterations (mid-epoch) and resumed: the same weights and log as an uninterrupted run."
     cfg = train_config('embedded', batch_size=2, workers=workers, log_every=1, checkpoint_every=1, max_iters=6)
-    data = RandomEpisodes(n=8, size=33)
+    data = SquareEpisodes(n=8, size=33)
     a = _model()
     train(a, data, cfg, tmp_path / 'a', progress=False)
     train(_model(), data, cfg, tmp_path / 'b', stop_after=3, progress=False)
@@ -38,7 +38,7 @@ def test_resume_is_exact(tmp_path, workers):
 def test_resume_differs_without_saved_rng(tmp_path):
     "The check above can fail: a fresh start of the second half (no resume) gives other weights."
     cfg = train_config('embedded', batch_size=2, workers=0, log_every=1, max_iters=4)
-    data = RandomEpisodes(n=8, size=33)
+    data = SquareEpisodes(n=8, size=33)
     a = _model()
     train(a, data, cfg, tmp_path / 'a', progress=False)
     b = _model()
@@ -50,7 +50,7 @@ def test_checkpoint_callback_is_repeated_after_a_kill_inside_it(tmp_path):
     """A run killed while `on_checkpoint` runs (here: it raises at iteration 2) redoes that checkpoint on resume, so
     every checkpoint iteration reaches the callback; called after `last.pth`, iteration 2 would be skipped."""
     cfg = train_config('embedded', batch_size=2, workers=0, log_every=1, checkpoint_every=1, max_iters=3)
-    data, seen = RandomEpisodes(n=8, size=33), []
+    data, seen = SquareEpisodes(n=8, size=33), []
 
     def killed_at_2(it, best, model):
         if it == 2: raise KeyboardInterrupt('killed')
@@ -62,7 +62,7 @@ def test_checkpoint_callback_is_repeated_after_a_kill_inside_it(tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
     cfg = train_config('embedded', batch_size=2, workers=0, log_every=1, checkpoint_every=1, max_iters=4)
-    data = RandomEpisodes(n=8, size=33)
+    data = SquareEpisodes(n=8, size=33)
     train(_model(), data, cfg, tmp_path, stop_after=2, progress=False)
     good = (tmp_path / 'checkpoints' / 'last.pth').read_bytes()
     nan_losses(monkeypatch)
@@ -73,7 +73,7 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
 
 def test_too_few_episodes_for_a_batch(tmp_path):
     with pytest.raises(ValueError, match='cannot fill one batch'):
-        train(_model(), RandomEpisodes(n=3), train_config('embedded', batch_size=4, workers=0), tmp_path,
+        train(_model(), SquareEpisodes(n=3), train_config('embedded', batch_size=4, workers=0), tmp_path,
               progress=False)
 
 
@@ -81,7 +81,7 @@ def test_tensorboard_events(tmp_path):
     "With the tensorboard package (a dev requirement) installed, the log rows also go to TensorBoard event files."
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     cfg = train_config('embedded', batch_size=2, workers=0, log_every=1, max_iters=2)
-    train(_model(), RandomEpisodes(n=4, size=33), cfg, tmp_path, progress=False)
+    train(_model(), SquareEpisodes(n=4, size=33), cfg, tmp_path, progress=False)
     acc = EventAccumulator(str(tmp_path / 'tensorboard')); acc.Reload()
     assert [e.step for e in acc.Scalars('train/total')] == [1, 2]
     assert {'train/lr', 'train/main', 'train/kd', 'train/support'} <= set(acc.Tags()['scalars'])
@@ -92,7 +92,7 @@ def test_early_stop_after_patience(tmp_path):
     scores = iter([0.3, 0.2, 0.25, 0.9, 0.9])
     cfg = train_config('embedded', batch_size=2, workers=0, log_every=1, checkpoint_every=1, max_iters=5,
                        select='val', patience=2)
-    summary = train(_model(), RandomEpisodes(n=8, size=33), cfg, tmp_path, validate=lambda m: next(scores),
+    summary = train(_model(), SquareEpisodes(n=8, size=33), cfg, tmp_path, validate=lambda m: next(scores),
                     progress=False)
     assert summary['stopped_early'] and summary['iterations'] == 3
     assert summary['best'] == {'score': 0.3, 'iteration': 1}
