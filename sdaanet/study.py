@@ -25,10 +25,10 @@ from .cluster import LOST, check_scheduler, study_client, task_error, worker_cor
 from .site import build_report, environment
 
 # %% auto #0
-__all__ = ['MATRICES', 'DISCREPANCIES', 'REGISTRY_COLUMNS', 'ADDED_COLUMNS', 'study_matrix', 'discrepancy_matrix',
-           'check_train_seeds', 'overrides_for', 'check_overrides', 'StudyConfig', 'study_config', 'run_parameters',
-           'study_run_config', 'params_hash', 'Registry', 'run_notebook_path', 'execute_run', 'collapsed_seeds',
-           'run_threads', 'small_eval_size', 'run_study', 'eval_run_configs', 'prepare', 'preflight_runs', 'study']
+__all__ = ['MATRICES', 'DISCREPANCIES', 'REGISTRY_COLUMNS', 'ADDED_COLUMNS', 'study_matrix', 'small_eval_size',
+           'discrepancy_matrix', 'check_train_seeds', 'overrides_for', 'check_overrides', 'StudyConfig', 'study_config',
+           'run_parameters', 'study_run_config', 'params_hash', 'Registry', 'run_notebook_path', 'execute_run',
+           'collapsed_seeds', 'run_threads', 'run_study', 'eval_run_configs', 'prepare', 'preflight_runs', 'study']
 
 # %% ../nbs/12_study.ipynb #c536fb61
 def study_matrix(folds=(0, 1, 2, 3), multiscale: str = 'paper', matrix: str = 'main', small_size: int = 321) -> list[dict]:
@@ -65,6 +65,10 @@ DISCREPANCIES = {   # label: the overrides that switch one setting (see the tabl
     'paper-protocol': dict(protocol='paper', cache_features=False),
     'from-images': dict(cache_features=False)}           # the reference without the feature cache (see above)
 
+def small_eval_size(preset: str) -> int:
+    "The paper's (smaller) evaluation size in the `preset`'s scale: the smaller of its multi-scale sizes."
+    return min(preset_section(preset, 'eval').get('scales') or PAPER_SCALES)
+
 def discrepancy_matrix(refs: list[dict], small_size: int) -> list[dict]:
     "One run per switch and reference run (SD-AANet 1-shot of the main matrix, one per fold)."
     runs = []
@@ -97,10 +101,10 @@ def check_overrides(extra, run_ids) -> None:
     "`ValueError` naming the override unless each parses (`parse_overrides`) and each `RUN_ID:` names one of `run_ids`."
     for item in extra:
         target, rest = _target(item)
+        parse_overrides([rest])
         if target is not None and target not in run_ids:
             raise ValueError(f"override {item!r}: {target!r} is not a run of this study; expected RUN_ID:KEY=VALUE "
                              f"with a run id like {sorted(run_ids)[0]!r}")
-        parse_overrides([rest])
 
 # %% ../nbs/12_study.ipynb #e467480c
 @dataclass
@@ -134,9 +138,18 @@ class StudyConfig:
         for fold in self.folds: check_choice('fold', fold, range(4))
         check_train_seeds(self.train_seeds); check_positive('jobs', self.jobs, integer=True)
         check_scheduler(self.scheduler, list(self.gpus), self.cluster_config, self.retries)
-        for item in self.overrides: parse_overrides([_target(item)[1]])
+        matrix = self.runs(only=False)
+        ids = {r['run_id'] for r in matrix}
+        check_overrides(self.overrides, ids)
+        unknown = sorted(set(self.only or ()) - ids)
+        if unknown: raise ValueError(f"only={unknown} are not runs of this study; expected ids like {matrix[0]['run_id']!r}")
         plain = parse_overrides([item for item in self.overrides if _target(item)[0] is None])
         run_config(self.preset, **merge_overrides(self.run, plain))     # what every run would refuse, refused now
+
+    def runs(self, only: bool = True) -> list[dict]:
+        "The study's runs: its matrix on its folds (`study_matrix`); with `only`, just the `only` ones (when given)."
+        runs = study_matrix(self.folds, self.multiscale, self.matrix, small_eval_size(self.preset))
+        return runs if not only or self.only is None else [r for r in runs if r['run_id'] in self.only]
 
 def study_config(preset: str = 'embedded', **choices) -> StudyConfig:
     "The `preset`'s study section with the caller's `choices` (other `StudyConfig` fields; None keeps the default)."
@@ -309,23 +322,14 @@ def run_threads(cfg: StudyConfig) -> int | None:
     workers = (len(cfg.gpus) or cfg.jobs) if cfg.scheduler == 'local' else None
     return cfg.threads or (max(1, (os.cpu_count() or 1) // workers) if workers else None)
 
-def small_eval_size(cfg: StudyConfig) -> int:
-    "The paper's (smaller) evaluation size in the preset's scale: the smaller of its multi-scale sizes."
-    return min(preset_section(cfg.preset, 'eval').get('scales') or PAPER_SCALES)
-
 # %% ../nbs/12_study.ipynb #5990aff5
 def run_study(study_dir, cfg: StudyConfig, progress: bool = True) -> pd.DataFrame:
     """Run (or resume) the study `cfg` into `study_dir`; returns the registry. A finished run with the same
     parameters is skipped; one made by another code version (`contract.code_version`) is rerun, unless
     `cfg.keep_stale` keeps it (the registry says which)."""
-    runs = study_matrix(cfg.folds, cfg.multiscale, cfg.matrix, small_eval_size(cfg))
-    check_overrides(cfg.overrides, {r['run_id'] for r in runs})
+    runs = cfg.runs()                          # checked with its overrides and `only` when `cfg` was made
     study_dir = Path(study_dir).resolve()      # absolute in the registry: whatever the working directory of a later reader
     study_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.only is not None:
-        unknown = sorted(set(cfg.only) - {r['run_id'] for r in runs})
-        if unknown: raise ValueError(f"only={unknown} are not runs of this study; expected ids like {runs[0]['run_id']!r}")
-        runs = [r for r in runs if r['run_id'] in cfg.only]
     with run_lock(study_dir):                  # one study process per folder: a second one is refused by name
         reg = Registry(study_dir / 'registry.csv')
         todo = _queue(runs, reg, cfg, study_dir, code_version(), progress)
