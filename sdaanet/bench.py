@@ -148,7 +148,7 @@ def bench(backbone: str = 'resnet50', size: int = 473, shots: int = 1, batch: in
     cfg = ModelConfig(backbone=backbone, backbone_weights=None, variant=variant, shots=shots, **model_overrides)
     gen = torch.Generator().manual_seed(0)
     dtype = autocast_dtype(dev, amp)
-    out = _bench_header(backbone, variant, shots, dev, dtype, support_cover)
+    out = _bench_header(backbone, variant, shots, dev, dtype, support_cover) | dict(use_saam=cfg.use_saam, use_sdpm=cfg.use_sdpm)
     model = SDAANet(cfg)
     if 'eval' in what:
         out['eval'] = _bench_eval(model, dev, dtype, gen, size, batch, shots, support_cover, vs_released, repeats, warmup)

@@ -6,7 +6,8 @@
 from __future__ import annotations
 import argparse, json, sys, time
 from pathlib import Path
-from .core import PRESETS      # torch-free: parsing and --help never load torch; each command imports what it runs
+from .core import PRESETS      # torch-free, as is sdaanet.contract: parsing and --help never load torch;
+from .contract import METHODS  # each command imports what it runs
 
 # %% auto #0
 __all__ = ['USAGE_ERRORS', 'positive_int', 'non_negative_int', 'share', 'smoke', 'index_summary', 'build_parser', 'main']
@@ -223,6 +224,9 @@ def _add_bench_parser(sub) -> None:
     b.add_argument('--train-size', type=positive_int, default=321); b.add_argument('--train-batch', type=positive_int, default=2)
     b.add_argument('--shots', type=positive_int, default=1); b.add_argument('--batch', type=positive_int, default=1)
     b.add_argument('--variant', default='official', choices=('official', 'paper'))
+    b.add_argument('--method', default=None, choices=[m for m, d in METHODS.items() if d['switches'] is not None],
+                   help="a study cell's modules (baseline: neither SAAM nor SDPM; released: the released form, whatever "
+                        "--variant says); default: SD-AANet")
     b.add_argument('--device', default='auto'); b.add_argument('--amp', default='auto', choices=('auto', 'bf16', 'fp16', 'off'))
     b.add_argument('--repeats', type=positive_int, default=5); b.add_argument('--warmup', type=non_negative_int, default=2)
     b.add_argument('--only', choices=('eval', 'train', 'ensemble'), default=None,
@@ -245,9 +249,11 @@ def _bench_command(args) -> None:
     if args.only == 'ensemble' and not args.ensemble:
         raise ValueError("--only ensemble needs --ensemble S, the number of seeds")
     what = () if args.only == 'ensemble' else (args.only,) if args.only else ('eval', 'train')
-    print(json.dumps(bench(args.backbone, args.size, args.shots, args.batch, args.variant, args.device,
+    switches = dict(METHODS[args.method]['switches']) if args.method else {}
+    variant = switches.pop('variant', args.variant)
+    print(json.dumps(bench(args.backbone, args.size, args.shots, args.batch, variant, args.device,
                            args.train_size, args.train_batch, args.repeats, args.warmup, args.amp, what,
-                           args.support_cover, args.vs_released, args.ensemble, **sizes), indent=1))
+                           args.support_cover, args.vs_released, args.ensemble, **sizes, **switches), indent=1))
 
 # %% ../nbs/11_cli.ipynb #08dd467d
 def _add_run_parsers(sub) -> None:

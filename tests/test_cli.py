@@ -57,3 +57,15 @@ def test_data_commands(tmp_path):
     assert 'embedded test: 10 images' in out.stdout
     out = run('train', '--preset', 'pascal', '--out', str(tmp_path / 'r'), '--set', 'data.train_list=no/such.txt')
     assert out.returncode == 2 and "data.train_list='no/such.txt'" in out.stderr and not (tmp_path / 'r').exists()
+
+
+@pytest.mark.parametrize('method, variant, expected', [('baseline', 'paper', (False, False, 'paper')),
+                                                       ('saam', 'paper', (True, False, 'paper')),
+                                                       ('released', 'paper', (True, True, 'official'))])
+def test_bench_method_sets_the_cells_modules(method, variant, expected, capsys):
+    "`sdaanet bench --method M` times the model of the study's cell M (its SAAM/SDPM switches; released: its form)."
+    main(['bench', '--preset', 'smoke', '--backbone', 'efficientnet_lite0', '--train-size', '33', '--train-batch', '2',
+          '--repeats', '1', '--warmup', '0', '--device', 'cpu', '--only', 'ensemble', '--ensemble', '1',
+          '--method', method, '--variant', variant])
+    out = json.loads(capsys.readouterr().out)
+    assert (out['use_saam'], out['use_sdpm'], out['variant']) == expected and out['ensemble']['seeds'] == 1
