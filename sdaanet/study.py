@@ -217,6 +217,15 @@ def _prctl():
     "libc's `prctl` on Linux, else None."
     return getattr(ctypes.CDLL(None, use_errno=True), 'prctl', None) if sys.platform.startswith('linux') else None
 
+def _failure(returncode: int, output: str) -> str:
+    "The error text of a failed papermill process: its last error line, else its exit (a signal by name) and last line."
+    lines = [l.strip() for l in output.strip().splitlines() if l.strip()]
+    errors = [l for l in lines if re.match(r'^[\w.]*(Error|Exception|Interrupt)\b', l)]
+    if errors: return errors[-1][:500]
+    how = (f"was killed by {signal.Signals(-returncode).name}" if returncode < 0 and -returncode in signal.valid_signals()
+           else f"exited with {returncode}")
+    return (f"papermill {how}" + (f"; its last output: {lines[-1]}" if lines else ''))[:500]
+
 def execute_run(params: dict, threads: int | None = None, gpu: int | None = None, timeout: int | None = None) -> str | None:
     "Run the per-run notebook with `params` into `params['out_dir']`; returns None, or the error text when it failed."
     out_dir = Path(params['out_dir']); out_dir.mkdir(parents=True, exist_ok=True)
@@ -234,10 +243,7 @@ def execute_run(params: dict, threads: int | None = None, gpu: int | None = None
     except subprocess.TimeoutExpired:
         return f"timed out after {timeout} s"
     (out_dir / 'papermill.log').write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        lines = [l.strip() for l in (proc.stderr or proc.stdout).strip().splitlines() if l.strip()]
-        errors = [l for l in lines if re.match(r'^[\w.]*(Error|Exception|Interrupt)\b', l)]
-        return (errors or lines or [f"papermill exited with {proc.returncode}"])[-1][:500]
+    if proc.returncode != 0: return _failure(proc.returncode, proc.stderr or proc.stdout)
     if not (out_dir / METRICS).exists(): return f"the run notebook finished without writing {out_dir / METRICS}"
     return None
 
