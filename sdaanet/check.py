@@ -4,14 +4,13 @@
 
 # %% ../nbs/10b_check.ipynb #8473a369
 from __future__ import annotations
-import dataclasses, json, math, shutil, statistics, time
+import json, math, shutil, statistics, time
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from .core import IGNORE, STAND_IN, check_choice, preset_section
-from .contract import EVAL_SUMMARY
+from .core import STAND_IN, check_choice, preset_section
 from .data import COCO_CLASSES, write_synthetic_voc
 
 # %% auto #0

@@ -379,6 +379,4 @@ def _dispatch(args) -> None:
 
 # %% ../nbs/11_cli.ipynb #27bc47ff
 #| eval: false
-if __name__ == '__main__':
-    import sys
-    sys.exit(main())
+if __name__ == '__main__': sys.exit(main())

@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 import torch
 import torch.distributed as dist
-from .core import IGNORE, check_choice
-from .model import SDAANet, ENCODED, NonFiniteError, check_inputs, check_mask_values
+from .core import check_choice
+from .model import SDAANet, ENCODED, NonFiniteError, check_inputs
 
 # %% auto #0
 __all__ = ['AMP_MODES', 'TORCHRUN_VARIABLES', 'DIST_TIMEOUT', 'resolve_device', 'init_distributed', 'autocast_dtype', 'to_device',

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from .core import IGNORE, check_positive, model_config
 from .backbones import imagenet_normalize
-from .data import DataError, UnreadableFile, image_file, read_image
+from .data import image_file, read_image
 from .modules import resize
 from .model import SDAANet, NonFiniteError, check_mask_values
 from .checkpoints import RELEASED_INPUT_SIZE

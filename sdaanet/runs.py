@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from .contract import METRICS, METRICS_SUMMARY, RECORDS, EVAL_SUMMARY, BUDGET_RECORDS
-from .core import ModelConfig, Settings, PRESETS, STAND_IN, check_choice, check_positive, check_types, model_config, plain_dict, preset_section, seed_everything, write_atomic
+from .core import ModelConfig, Settings, PRESETS, check_choice, check_positive, check_types, model_config, plain_dict, preset_section, seed_everything, write_atomic
 from .data import DataSpec, DATASETS, EvalEpisodes, TrainEpisodes, split_validation, TEST_EPISODES, load_index, make_episode_list, save_episode_list
 from .data import ClassIndex, _check_shots, default_cache_dir
 from .backbones import weights_path
